@@ -1,0 +1,169 @@
+"""Mllama text decoder: Llama-3.1 self-attention layers interleaved with gated cross-attention layers.
+
+Tensor names mirror the checkpoint (`language_model.model.layers.N.self_attn.q_proj.weight`, ...). The
+decoder never owns a KV cache: self-attention layers hand their rotated q/k/v to a `SelfAttention`
+backend (ops/attention.py or the engine's), keyed by `cache_index` (self-attention layers only, counted
+from 0), and cross-attention layers read precomputed image K/V from `CrossAttentionInputs`.
+
+Cross-attention semantics, as the reference computes them:
+- `mask` [B, 1, S, L] is additive over the row's vision tokens; a text row that may see no tile (tokens
+  before the first `<|image|>`) gets an all-zero row, i.e. a uniform average over all of the row's vision
+  tokens, padding tiles included; `row_gate` [B, S, 1] then zeroes that row's MLP output only.
+- a batch row without any image (`has_image` = 0) is left untouched by cross-attention layers, exactly as
+  the reference skips those layers for a text-only batch; this keeps one row's result independent of
+  what else is in the batch and needs no host-side branch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from models.mllama.config import MllamaTextConfig
+from ops.activations import activation
+from ops.attention import SelfAttention, attention
+from ops.norms import RMSNorm
+from ops.rope import RotaryEmbedding, apply_rope
+
+
+@dataclass
+class CrossAttentionInputs:
+    kv: dict[int, tuple[torch.Tensor, torch.Tensor]]  # layer index -> k, v [B, Hkv, L, D]
+    mask: torch.Tensor  # [B, 1, S, L] additive
+    row_gate: torch.Tensor  # [B, S, 1] 1 where the text row sees at least one tile
+    has_image: torch.Tensor  # [B, 1, 1] 1 where the batch row has an image
+
+
+class TextMLP(nn.Module):
+    def __init__(self, cfg: MllamaTextConfig):
+        super().__init__()
+        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
+        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+        self.act = activation(cfg.hidden_act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
+
+
+class TextSelfAttention(nn.Module):
+    def __init__(self, cfg: MllamaTextConfig, cache_index: int):
+        super().__init__()
+        self.heads, self.kv_heads, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        self.cache_index = cache_index
+        d = cfg.hidden_size
+        self.q_proj = nn.Linear(d, self.heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(d, self.kv_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(d, self.kv_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(self.heads * self.head_dim, d, bias=False)
+
+    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], attn: SelfAttention) -> torch.Tensor:
+        b, s, _ = x.shape
+        q = self.q_proj(x).view(b, s, self.heads, self.head_dim).transpose(1, 2)
+        k = self.k_proj(x).view(b, s, self.kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(x).view(b, s, self.kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, *rope), apply_rope(k, *rope)
+        out = attn(self.cache_index, q, k, v)  # [b, heads, s, head_dim]
+        return self.o_proj(out.transpose(1, 2).reshape(b, s, -1))
+
+
+class TextCrossAttention(nn.Module):
+    def __init__(self, cfg: MllamaTextConfig):
+        super().__init__()
+        self.heads, self.kv_heads, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
+        d = cfg.hidden_size
+        self.q_proj = nn.Linear(d, self.heads * self.head_dim, bias=False)
+        self.k_proj = nn.Linear(d, self.kv_heads * self.head_dim, bias=False)
+        self.v_proj = nn.Linear(d, self.kv_heads * self.head_dim, bias=False)
+        self.o_proj = nn.Linear(self.heads * self.head_dim, d, bias=False)
+        self.q_norm = RMSNorm(self.head_dim, eps=cfg.rms_norm_eps)
+        self.k_norm = RMSNorm(self.head_dim, eps=cfg.rms_norm_eps)
+
+    def project_kv(self, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """states [B, L, hidden] (projected vision features) -> k, v [B, Hkv, L, D]."""
+        b, n, _ = states.shape
+        k = self.k_proj(states).view(b, n, self.kv_heads, self.head_dim).transpose(1, 2)
+        v = self.v_proj(states).view(b, n, self.kv_heads, self.head_dim).transpose(1, 2)
+        return self.k_norm(k), v
+
+    def forward(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        b, s, _ = x.shape
+        q = self.q_norm(self.q_proj(x).view(b, s, self.heads, self.head_dim).transpose(1, 2))
+        out = attention(q, k, v, mask)
+        return self.o_proj(out.transpose(1, 2).reshape(b, s, -1))
+
+
+class SelfAttentionDecoderLayer(nn.Module):
+    def __init__(self, cfg: MllamaTextConfig, cache_index: int):
+        super().__init__()
+        self.self_attn = TextSelfAttention(cfg, cache_index)
+        self.mlp = TextMLP(cfg)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
+
+    def forward(self, x, rope, attn: SelfAttention, cross: CrossAttentionInputs | None) -> torch.Tensor:
+        x = x + self.self_attn(self.input_layernorm(x), rope, attn)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class CrossAttentionDecoderLayer(nn.Module):
+    def __init__(self, cfg: MllamaTextConfig, layer_idx: int):
+        super().__init__()
+        self.layer_idx = layer_idx
+        self.cross_attn = TextCrossAttention(cfg)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
+        self.cross_attn_attn_gate = nn.Parameter(torch.zeros(1))
+        self.mlp = TextMLP(cfg)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
+        self.cross_attn_mlp_gate = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x, rope, attn: SelfAttention, cross: CrossAttentionInputs | None) -> torch.Tensor:
+        if cross is None:  # no row of this batch has an image
+            return x
+        k, v = cross.kv[self.layer_idx]
+        h = self.cross_attn(self.input_layernorm(x), k, v, cross.mask)
+        x = x + cross.has_image * self.cross_attn_attn_gate.tanh() * h
+        h = self.mlp(self.post_attention_layernorm(x)) * cross.row_gate
+        return x + self.cross_attn_mlp_gate.tanh() * h
+
+
+class MllamaTextModel(nn.Module):
+    def __init__(self, cfg: MllamaTextConfig):
+        super().__init__()
+        self.cfg = cfg
+        # 8 extra rows: the image token and reserved ids live past the tokenizer's vocabulary.
+        self.embed_tokens = nn.Embedding(cfg.vocab_size + 8, cfg.hidden_size)
+        layers, n_self = [], 0
+        for i in range(cfg.num_hidden_layers):
+            if i in cfg.cross_attention_layers:
+                layers.append(CrossAttentionDecoderLayer(cfg, i))
+            else:
+                layers.append(SelfAttentionDecoderLayer(cfg, n_self))
+                n_self += 1
+        self.layers = nn.ModuleList(layers)
+        self.num_self_attention_layers = n_self
+        self.norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
+        self.rotary_emb = RotaryEmbedding(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
+
+    def cross_attention_kv(self, states: torch.Tensor) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+        return {layer.layer_idx: layer.cross_attn.project_kv(states)
+                for layer in self.layers if isinstance(layer, CrossAttentionDecoderLayer)}
+
+    def forward(self, input_ids: torch.Tensor, positions: torch.Tensor, attn: SelfAttention,
+                cross: CrossAttentionInputs | None = None) -> torch.Tensor:
+        x = self.embed_tokens(input_ids)
+        rope = self.rotary_emb(positions, x.dtype)
+        for layer in self.layers:
+            x = layer(x, rope, attn, cross)
+        return self.norm(x)
+
+
+class MllamaForCausalLM(nn.Module):
+    """The `language_model` subtree of the checkpoint: decoder + lm_head (vocab rows only)."""
+
+    def __init__(self, cfg: MllamaTextConfig):
+        super().__init__()
+        self.model = MllamaTextModel(cfg)
+        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)

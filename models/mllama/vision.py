@@ -1,0 +1,171 @@
+"""Mllama vision encoder: tiles of pixels -> per-tile features for the text model's cross-attention.
+
+Input: pixel_values [N, T, 3, H, W] float (N images, T = max_num_tiles, padding tiles are zeros),
+aspect_ratio_ids [N] (1-based, 0 = padding image), aspect_ratio_mask [N, T] (1 = real tile).
+Output: [N, T, P, vision_output_dim] with P = (H/patch)^2 + 1 tokens per tile (class token first);
+vision_output_dim = hidden * (1 + len(intermediate_layers_indices)) is the final global-encoder state
+concatenated with the kept local-encoder states interleaved as (hidden, layer).
+
+Exactness notes (matching the reference): every tile's token list is zero-padded to a multiple of 8; the
+attention mask only forbids pad->pad pairs (real tokens do attend to padded tokens and padded tiles), and
+it is the same mask for the local and the gated global encoder.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from models.mllama.config import MllamaVisionConfig
+from ops.activations import activation
+from ops.attention import attention
+
+
+class VisionAttention(nn.Module):
+    def __init__(self, cfg: MllamaVisionConfig):
+        super().__init__()
+        self.heads = cfg.attention_heads
+        d = cfg.hidden_size
+        self.q_proj = nn.Linear(d, d, bias=False)
+        self.k_proj = nn.Linear(d, d, bias=False)
+        self.v_proj = nn.Linear(d, d, bias=False)
+        self.o_proj = nn.Linear(d, d, bias=False)
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        b, s, d = x.shape
+        q, k, v = (p(x).view(b, s, self.heads, -1).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj))
+        out = attention(q, k, v, mask)  # [b, heads, s, head_dim]
+        return self.o_proj(out.transpose(1, 2).reshape(b, s, d))
+
+
+class VisionMLP(nn.Module):
+    def __init__(self, cfg: MllamaVisionConfig):
+        super().__init__()
+        self.fc1 = nn.Linear(cfg.hidden_size, cfg.intermediate_size)
+        self.fc2 = nn.Linear(cfg.intermediate_size, cfg.hidden_size)
+        self.act = activation(cfg.hidden_act)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc2(self.act(self.fc1(x)))
+
+
+class VisionEncoderLayer(nn.Module):
+    def __init__(self, cfg: MllamaVisionConfig, gated: bool):
+        super().__init__()
+        self.self_attn = VisionAttention(cfg)
+        self.mlp = VisionMLP(cfg)
+        self.input_layernorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.norm_eps)
+        self.post_attention_layernorm = nn.LayerNorm(cfg.hidden_size, eps=cfg.norm_eps)
+        self.gated = gated
+        if gated:
+            self.gate_attn = nn.Parameter(torch.full((1,), math.pi / 4))
+            self.gate_ffn = nn.Parameter(torch.full((1,), math.pi / 4))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+        h = self.self_attn(self.input_layernorm(x), mask)
+        x = x + (self.gate_attn.tanh() * h if self.gated else h)
+        h = self.mlp(self.post_attention_layernorm(x))
+        return x + (self.gate_ffn.tanh() * h if self.gated else h)
+
+
+class VisionEncoder(nn.Module):
+    def __init__(self, cfg: MllamaVisionConfig, num_layers: int, gated: bool):
+        super().__init__()
+        self.layers = nn.ModuleList(VisionEncoderLayer(cfg, gated) for _ in range(num_layers))
+
+    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, keep: tuple[int, ...] = ()):
+        kept = {}
+        for i, layer in enumerate(self.layers):
+            x = layer(x, mask)
+            if i in keep:
+                kept[i] = x
+        return x, [kept[i] for i in keep]
+
+
+class AspectRatioEmbedding(nn.Module):
+    """A learned, tanh-gated offset per (aspect ratio, tile), added to every token of the tile."""
+
+    def __init__(self, cfg: MllamaVisionConfig):
+        super().__init__()
+        self.tiles, self.hidden = cfg.max_num_tiles, cfg.hidden_size
+        self.embedding = nn.Embedding(cfg.max_aspect_ratio_id + 1, cfg.max_num_tiles * cfg.hidden_size)
+        self.gate = nn.Parameter(torch.zeros(1))
+
+    def forward(self, x: torch.Tensor, aspect_ratio_ids: torch.Tensor) -> torch.Tensor:
+        emb = self.embedding(aspect_ratio_ids).view(-1, self.tiles, 1, self.hidden)
+        return x + emb * self.gate.tanh()
+
+
+class GatedPositionalEmbedding(nn.Module):
+    """Per-token position embedding blended by tanh(gate) with a per-(aspect ratio, tile, token) one."""
+
+    def __init__(self, cfg: MllamaVisionConfig):
+        super().__init__()
+        self.tiles, self.tokens, self.hidden = cfg.max_num_tiles, cfg.num_patches, cfg.hidden_size
+        self.gate = nn.Parameter(torch.zeros(1))
+        self.embedding = nn.Parameter(torch.zeros(cfg.num_patches, cfg.hidden_size))
+        self.tile_embedding = nn.Embedding(
+            cfg.max_aspect_ratio_id + 1, cfg.max_num_tiles * cfg.num_patches * cfg.hidden_size)
+
+    def forward(self, x: torch.Tensor, aspect_ratio_ids: torch.Tensor) -> torch.Tensor:
+        gate = self.gate.tanh()
+        x = x + (1 - gate) * self.embedding
+        tile = self.tile_embedding(aspect_ratio_ids).view(-1, self.tiles, self.tokens, self.hidden)
+        return x + gate * tile
+
+
+def vision_attention_mask(aspect_ratio_mask: torch.Tensor, real_tokens: int, padded_tokens: int,
+                          dtype: torch.dtype) -> torch.Tensor:
+    """[N, 1, T*L, T*L] additive mask forbidding only pad->pad pairs (pads: padding tiles + token padding)."""
+    n, tiles = aspect_ratio_mask.shape
+    is_pad = (aspect_ratio_mask == 0)[:, :, None].expand(n, tiles, padded_tokens).clone()
+    is_pad[:, :, real_tokens:] = True
+    is_pad = is_pad.reshape(n, tiles * padded_tokens)
+    both = is_pad[:, :, None] & is_pad[:, None, :]
+    mask = torch.zeros(both.shape, dtype=dtype, device=aspect_ratio_mask.device)
+    return mask.masked_fill(both, torch.finfo(dtype).min)[:, None]
+
+
+class MllamaVisionModel(nn.Module):
+    def __init__(self, cfg: MllamaVisionConfig):
+        super().__init__()
+        self.cfg = cfg
+        d = cfg.hidden_size
+        self.patch_embedding = nn.Conv2d(cfg.num_channels, d, cfg.patch_size, cfg.patch_size, bias=False)
+        self.class_embedding = nn.Parameter(torch.zeros(d))
+        self.gated_positional_embedding = GatedPositionalEmbedding(cfg)
+        self.pre_tile_positional_embedding = AspectRatioEmbedding(cfg)
+        self.post_tile_positional_embedding = AspectRatioEmbedding(cfg)
+        self.layernorm_pre = nn.LayerNorm(d)
+        self.layernorm_post = nn.LayerNorm(d)
+        self.transformer = VisionEncoder(cfg, cfg.num_hidden_layers, gated=False)
+        self.global_transformer = VisionEncoder(cfg, cfg.num_global_layers, gated=True)
+
+    def forward(self, pixel_values: torch.Tensor, aspect_ratio_ids: torch.Tensor,
+                aspect_ratio_mask: torch.Tensor) -> torch.Tensor:
+        n, tiles, c, hgt, wid = pixel_values.shape
+        d = self.cfg.hidden_size
+        dtype = self.patch_embedding.weight.dtype
+        x = self.patch_embedding(pixel_values.reshape(n * tiles, c, hgt, wid).to(dtype))
+        x = x.flatten(2).transpose(1, 2)  # [n*tiles, patches, d]
+        x = self.pre_tile_positional_embedding(x.view(n, tiles, -1, d), aspect_ratio_ids)
+        cls = self.class_embedding.to(x.dtype).expand(n, tiles, 1, d)
+        x = torch.cat([cls, x], dim=2)  # [n, tiles, P, d]
+        x = self.layernorm_pre(self.gated_positional_embedding(x, aspect_ratio_ids))
+
+        real = x.shape[2]
+        padded = math.ceil(real / 8) * 8
+        x = F.pad(x, (0, 0, 0, padded - real))  # [n, tiles, padded, d]
+        mask = vision_attention_mask(aspect_ratio_mask, real, padded, x.dtype)
+
+        x, kept = self.transformer(x.reshape(n, tiles * padded, d), mask, self.cfg.intermediate_layers_indices)
+        x = self.layernorm_post(x).view(n, tiles, padded, d)
+        x = self.post_tile_positional_embedding(x, aspect_ratio_ids)
+        x, _ = self.global_transformer(x.reshape(n, tiles * padded, d), mask)
+
+        inter = torch.stack(kept, dim=-1).reshape(n, tiles, padded, -1)  # (hidden, layer) interleaved
+        out = torch.cat([x.view(n, tiles, padded, d), inter], dim=-1)
+        return out[:, :, :real]

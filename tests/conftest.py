@@ -1,0 +1,83 @@
+"""Shared fixtures: tiny random checkpoints written by transformers' own `save_pretrained`.
+
+Each tiny checkpoint gets the real tokenizer / chat template / generation config files from
+`../shared/checkpoints/` (copied; `../shared` is never written), so real token ids (`<|image|>` = 128256,
+the 128,256-token vocabulary) and real templates are exercised. Gates that random init leaves at exactly
+zero (Mllama's cross-attention and positional gates) are set to non-zero values: with zero gates images
+would have no effect and image parity tests could not fail.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "checkpoints"
+MLLAMA_REAL = SHARED / "Llama-3.2-11B-Vision-Instruct"
+OV_REAL = SHARED / "llava-onevision-qwen2-0.5b-ov-hf"
+MLLAMA_META_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.json",
+                     "generation_config.json")
+
+TINY_MLLAMA_TILE = 28  # 2x2 patches of 14 px + class token = 5 tokens per tile, padded to 8 in the ViT
+
+
+def tiny_mllama_config(**text_overrides):
+    from transformers import MllamaConfig
+
+    text = dict(vocab_size=128256, hidden_size=64, num_hidden_layers=5, num_attention_heads=4,
+                num_key_value_heads=2, intermediate_size=96, cross_attention_layers=[1, 3],
+                rope_parameters=dict(rope_type="llama3", rope_theta=500000.0, factor=8.0, high_freq_factor=4.0,
+                                     low_freq_factor=1.0, original_max_position_embeddings=8192),
+                eos_token_id=[128001, 128008, 128009], pad_token_id=128004)
+    text.update(text_overrides)
+    return MllamaConfig(
+        vision_config=dict(hidden_size=32, num_hidden_layers=4, num_global_layers=2, attention_heads=4,
+                           intermediate_size=64, vision_output_dim=32 * 3, image_size=TINY_MLLAMA_TILE,
+                           patch_size=14, max_num_tiles=4, intermediate_layers_indices=[0, 2]),
+        text_config=text, image_token_index=128256)
+
+
+def make_gates_nonzero(model: torch.nn.Module, seed: int = 0) -> None:
+    g = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "gate" in name.split(".")[-1] and p.numel() == 1:
+                p.copy_(torch.empty(1).uniform_(0.3, 1.2, generator=g))
+
+
+def write_tiny_mllama(dest: Path, seed: int = 0) -> Path:
+    from transformers import MllamaForConditionalGeneration
+
+    torch.manual_seed(seed)
+    model = MllamaForConditionalGeneration(tiny_mllama_config()).eval()
+    make_gates_nonzero(model, seed)
+    model.save_pretrained(dest)
+    for name in MLLAMA_META_FILES:
+        shutil.copy(MLLAMA_REAL / name, dest / name)
+    pre = json.loads((MLLAMA_REAL / "preprocessor_config.json").read_text())
+    pre["size"] = {"height": TINY_MLLAMA_TILE, "width": TINY_MLLAMA_TILE}
+    (dest / "preprocessor_config.json").write_text(json.dumps(pre, indent=2))
+    return dest
+
+
+@pytest.fixture(scope="session")
+def tiny_mllama_dir(tmp_path_factory) -> Path:
+    return write_tiny_mllama(tmp_path_factory.mktemp("tiny_mllama"))
+
+
+@pytest.fixture(scope="session")
+def hf_tiny_mllama(tiny_mllama_dir):
+    from transformers import MllamaForConditionalGeneration
+
+    return MllamaForConditionalGeneration.from_pretrained(tiny_mllama_dir, dtype=torch.float32).eval()
+
+
+@pytest.fixture(scope="session")
+def our_tiny_mllama(tiny_mllama_dir):
+    from models.mllama.model import MllamaForConditionalGeneration
+
+    return MllamaForConditionalGeneration.from_pretrained(tiny_mllama_dir, dtype=torch.float32)
