@@ -10,13 +10,16 @@ would have no effect and image parity tests could not fail.
 from __future__ import annotations
 
 import json
+import os
 import shutil
 from pathlib import Path
 
 import pytest
 import torch
 
-SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "checkpoints"
+# The device machine gets no ../shared: a carried copy is named by VLMCAP_SHARED_CHECKPOINTS there.
+SHARED = Path(os.environ.get("VLMCAP_SHARED_CHECKPOINTS",
+                             Path(__file__).resolve().parents[1].parent / "shared" / "checkpoints"))
 MLLAMA_REAL = SHARED / "Llama-3.2-11B-Vision-Instruct"
 OV_REAL = SHARED / "llava-onevision-qwen2-0.5b-ov-hf"
 MLLAMA_META_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "chat_template.json",
@@ -81,3 +84,30 @@ def our_tiny_mllama(tiny_mllama_dir):
     from models.mllama.model import MllamaForConditionalGeneration
 
     return MllamaForConditionalGeneration.from_pretrained(tiny_mllama_dir, dtype=torch.float32)
+
+
+@pytest.fixture(scope="session")
+def shared_checkpoints() -> Path:
+    """The real metadata-only checkpoint directories (read only)."""
+    return SHARED
+
+
+def hf_to_hub_name(name: str) -> str:
+    """transformers 5 keeps `model.language_model.*` etc. in memory and writes hub names on save."""
+    if name.startswith("model.language_model."):
+        return "language_model.model." + name[len("model.language_model."):]
+    if name.startswith("model."):
+        return name[len("model."):]
+    if name == "lm_head.weight":
+        return "language_model.lm_head.weight"
+    return name
+
+
+@pytest.fixture(scope="session")
+def hub_name():
+    return hf_to_hub_name
+
+
+@pytest.fixture(scope="session")
+def mllama_tiny_hf_config():
+    return tiny_mllama_config
