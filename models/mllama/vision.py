@@ -7,8 +7,13 @@ vision_output_dim = hidden * (1 + len(intermediate_layers_indices)) is the final
 concatenated with the kept local-encoder states interleaved as (hidden, layer).
 
 Exactness notes (matching the reference): every tile's token list is zero-padded to a multiple of 8; the
-attention mask only forbids pad->pad pairs (real tokens do attend to padded tokens and padded tiles), and
-it is the same mask for the local and the gated global encoder.
+reference's attention mask only forbids pad->pad pairs (real tokens do attend to padded tokens and padded
+tiles), and it is the same mask for the local and the gated global encoder.
+
+Speed: the reference builds that mask densely, which halves SDPA speed (PERF_NOTES.md). The ViT has no
+RoPE, so we split attention instead: every query attends to all keys unmasked (exact for real queries,
+the fast kernel), then the pad queries are recomputed over the real keys only. Which tokens are pads
+depends only on an image's tile count, so images are grouped by tile count for the second pass.
 """
 
 from __future__ import annotations
@@ -34,10 +39,14 @@ class VisionAttention(nn.Module):
         self.v_proj = nn.Linear(d, d, bias=False)
         self.o_proj = nn.Linear(d, d, bias=False)
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, pads: PadLayout) -> torch.Tensor:
         b, s, d = x.shape
         q, k, v = (p(x).view(b, s, self.heads, -1).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj))
-        out = attention(q, k, v, mask)  # [b, heads, s, head_dim]
+        out = attention(q, k, v)  # [b, heads, s, head_dim], exact for real queries
+        for images, pad_idx, real_idx in pads.groups:
+            qp = q[images][:, :, pad_idx]
+            kr, vr = k[images][:, :, real_idx], v[images][:, :, real_idx]
+            out[images[:, None], :, pad_idx[None, :]] = attention(qp, kr, vr).transpose(1, 2)
         return self.o_proj(out.transpose(1, 2).reshape(b, s, d))
 
 
@@ -64,8 +73,8 @@ class VisionEncoderLayer(nn.Module):
             self.gate_attn = nn.Parameter(torch.full((1,), math.pi / 4))
             self.gate_ffn = nn.Parameter(torch.full((1,), math.pi / 4))
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        h = self.self_attn(self.input_layernorm(x), mask)
+    def forward(self, x: torch.Tensor, pads: PadLayout) -> torch.Tensor:
+        h = self.self_attn(self.input_layernorm(x), pads)
         x = x + (self.gate_attn.tanh() * h if self.gated else h)
         h = self.mlp(self.post_attention_layernorm(x))
         return x + (self.gate_ffn.tanh() * h if self.gated else h)
@@ -76,10 +85,10 @@ class VisionEncoder(nn.Module):
         super().__init__()
         self.layers = nn.ModuleList(VisionEncoderLayer(cfg, gated) for _ in range(num_layers))
 
-    def forward(self, x: torch.Tensor, mask: torch.Tensor | None, keep: tuple[int, ...] = ()):
+    def forward(self, x: torch.Tensor, pads: PadLayout, keep: tuple[int, ...] = ()):
         kept = {}
         for i, layer in enumerate(self.layers):
-            x = layer(x, mask)
+            x = layer(x, pads)
             if i in keep:
                 kept[i] = x
         return x, [kept[i] for i in keep]
@@ -117,16 +126,21 @@ class GatedPositionalEmbedding(nn.Module):
         return x + gate * tile
 
 
-def vision_attention_mask(aspect_ratio_mask: torch.Tensor, real_tokens: int, padded_tokens: int,
-                          dtype: torch.dtype) -> torch.Tensor:
-    """[N, 1, T*L, T*L] additive mask forbidding only pad->pad pairs (pads: padding tiles + token padding)."""
-    n, tiles = aspect_ratio_mask.shape
-    is_pad = (aspect_ratio_mask == 0)[:, :, None].expand(n, tiles, padded_tokens).clone()
-    is_pad[:, :, real_tokens:] = True
-    is_pad = is_pad.reshape(n, tiles * padded_tokens)
-    both = is_pad[:, :, None] & is_pad[:, None, :]
-    mask = torch.zeros(both.shape, dtype=dtype, device=aspect_ratio_mask.device)
-    return mask.masked_fill(both, torch.finfo(dtype).min)[:, None]
+class PadLayout:
+    """Pad/real token indices of a batch of images, grouped by tile count: (images, pad_idx, real_idx)."""
+
+    def __init__(self, aspect_ratio_mask: torch.Tensor, real_tokens: int, padded_tokens: int):
+        tiles = aspect_ratio_mask.shape[1]
+        device = aspect_ratio_mask.device
+        counts = aspect_ratio_mask.sum(-1).tolist()
+        token = torch.arange(tiles * padded_tokens, device=device)
+        self.groups = []
+        for n_tiles in sorted(set(counts)):
+            is_pad = (token // padded_tokens >= n_tiles) | (token % padded_tokens >= real_tokens)
+            if not bool(is_pad.any()):
+                continue
+            images = torch.tensor([i for i, c in enumerate(counts) if c == n_tiles], device=device)
+            self.groups.append((images, is_pad.nonzero()[:, 0], (~is_pad).nonzero()[:, 0]))
 
 
 class MllamaVisionModel(nn.Module):
@@ -159,12 +173,12 @@ class MllamaVisionModel(nn.Module):
         real = x.shape[2]
         padded = math.ceil(real / 8) * 8
         x = F.pad(x, (0, 0, 0, padded - real))  # [n, tiles, padded, d]
-        mask = vision_attention_mask(aspect_ratio_mask, real, padded, x.dtype)
+        pads = PadLayout(aspect_ratio_mask, real, padded)
 
-        x, kept = self.transformer(x.reshape(n, tiles * padded, d), mask, self.cfg.intermediate_layers_indices)
+        x, kept = self.transformer(x.reshape(n, tiles * padded, d), pads, self.cfg.intermediate_layers_indices)
         x = self.layernorm_post(x).view(n, tiles, padded, d)
         x = self.post_tile_positional_embedding(x, aspect_ratio_ids)
-        x, _ = self.global_transformer(x.reshape(n, tiles * padded, d), mask)
+        x, _ = self.global_transformer(x.reshape(n, tiles * padded, d), pads)
 
         inter = torch.stack(kept, dim=-1).reshape(n, tiles, padded, -1)  # (hidden, layer) interleaved
         out = torch.cat([x.view(n, tiles, padded, d), inter], dim=-1)
