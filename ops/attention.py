@@ -23,8 +23,15 @@ def attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
     scale: float | None = None, causal: bool = False,
 ) -> torch.Tensor:
-    if k.shape[1] != q.shape[1]:
-        groups = q.shape[1] // k.shape[1]
+    b, hq, s, d = q.shape
+    hkv = k.shape[1]
+    if hkv != hq:
+        groups = hq // hkv
+        if s == 1 and not causal and (mask is None or mask.shape[-2] == 1):
+            # One query per row (decode): fold the group into the query axis so K/V are read once, not
+            # copied per query head. Query head h uses kv head h // groups, as in the checkpoints.
+            out = F.scaled_dot_product_attention(q.view(b, hkv, groups, d), k, v, attn_mask=mask, scale=scale)
+            return out.view(b, hq, 1, d)
         k = k.repeat_interleave(groups, dim=1)
         v = v.repeat_interleave(groups, dim=1)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, is_causal=causal)

@@ -1,0 +1,26 @@
+"""Engine settings (frozen; built once from the job config and never mutated)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    max_num_seqs: int = 256  # upper bound on concurrent sequences (KV slots); memory may allow fewer
+    max_model_len: int = 1024  # prompt + generated tokens per sequence
+    max_images_per_request: int = 1
+    max_prefill_tokens: int = 8192  # token budget of one admission (prefill) batch
+    max_prefill_requests: int = 32  # also bounds the vision encoder's batch
+    gpu_memory_utilization: float = 0.90
+    activation_reserve_gb: float = 8.0  # kept free for prefill/vision activations when sizing the KV cache
+    cuda_graphs: bool = True
+    dtype: str = "bfloat16"
+
+    def __post_init__(self):
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ValueError("gpu_memory_utilization must be in (0, 1]")
+        for name in ("max_num_seqs", "max_model_len", "max_images_per_request", "max_prefill_tokens",
+                     "max_prefill_requests"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")

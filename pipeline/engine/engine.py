@@ -1,0 +1,173 @@
+"""The generation engine: requests in, completions out, on one model replica. Never imports Ray.
+
+    engine = Engine(runner, tokenizer, config, default_stop_ids)
+    for completion in engine.generate(requests):   # keeps admitting while others finish
+        ...
+
+One `step()` admits what fits into free slots (batched prefill, vision encoder batched across the
+admitted requests), decodes one token for every running sequence (a CUDA-graph replay on the GPU), and
+returns the completions that finished. Per-request problems never raise: a request that can never fit
+(prompt + max_new_tokens > max_model_len, too many images, image tokens != images) or whose admission
+fails becomes an error completion, and the others go on. A failure inside the shared decode step means
+the replica's state is unknown: it raises `EngineDeadError` so the caller can restart the replica.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import torch
+
+from ops.sampling import make_generator, sample
+from pipeline.engine.config import EngineConfig
+from pipeline.engine.cuda_graphs import GraphedStep, default_buckets
+from pipeline.engine.request import Completion, Request, Sequence
+from pipeline.engine.scheduler import Scheduler
+
+log = logging.getLogger(__name__)
+
+
+class EngineDeadError(RuntimeError):
+    """The shared decode state is broken; the replica must be restarted."""
+
+
+class Engine:
+    def __init__(self, runner: Any, tokenizer: Any | None, config: EngineConfig, default_stop_ids: tuple[int, ...]):
+        self.runner, self.tokenizer, self.config = runner, tokenizer, config
+        self.default_stop_ids = tuple(default_stop_ids)
+        self.scheduler = Scheduler(runner.num_slots, config.max_prefill_tokens, config.max_prefill_requests)
+        on_gpu = runner.device.type == "cuda"
+        self.decode = GraphedStep(runner.decode, default_buckets(runner.num_slots), config.cuda_graphs and on_gpu)
+        self.decode.capture()
+        self.ready: list[Completion] = []
+        self.stats = {"prefill_tokens": 0, "generated_tokens": 0, "decode_steps": 0}
+
+    # --- public API -----------------------------------------------------------------------------
+    def add(self, request: Request) -> None:
+        problem = self._check(request)
+        if problem:
+            self.ready.append(Completion.failed(request, problem))
+        else:
+            self.scheduler.add(request)
+
+    def step(self) -> list[Completion]:
+        self._admit()
+        if self.scheduler.running:
+            self._decode_step()
+        done, self.ready = self.ready, []
+        return done
+
+    def has_work(self) -> bool:
+        return self.scheduler.has_work() or bool(self.ready)
+
+    def generate(self, requests: Iterable[Request]) -> Iterator[Completion]:
+        """Stream completions (in finishing order) while pulling requests only as slots free up."""
+        pending = iter(requests)
+        exhausted = False
+        while True:
+            while not exhausted and len(self.scheduler.waiting) < self.scheduler.max_prefill_requests:
+                nxt = next(pending, None)
+                if nxt is None:
+                    exhausted = True
+                else:
+                    self.add(nxt)
+            if not self.has_work():
+                return
+            yield from self.step()
+
+    # --- internals ------------------------------------------------------------------------------
+    def _check(self, r: Request) -> str | None:
+        need = len(r.prompt_ids) + r.sampling.max_new_tokens
+        if not r.prompt_ids:
+            return "prompt_error: empty prompt"
+        if need > self.runner.max_len:
+            return (f"too_long: prompt ({len(r.prompt_ids)} tokens) + max_new_tokens ({r.sampling.max_new_tokens})"
+                    f" = {need} > max_model_len {self.runner.max_len}")
+        problem = self.runner.check(r.prompt_ids, r.media)
+        return f"prompt_error: {problem}" if problem else None
+
+    def _stop_ids(self, r: Request) -> frozenset[int]:
+        if r.sampling.ignore_eos:
+            return frozenset()
+        ids = r.sampling.stop_token_ids
+        return frozenset(self.default_stop_ids if ids is None else ids)
+
+    def _admit(self) -> None:
+        batch = self.scheduler.next_admission()
+        if not batch:
+            return
+        try:
+            self._prefill(batch)
+        except Exception as exc:  # noqa: BLE001 - isolate the request that broke admission
+            if len(batch) == 1:
+                request, slot = batch[0]
+                log.warning("request %s failed at admission: %r", request.request_id, exc)
+                self.scheduler.release(slot)
+                self.ready.append(Completion.failed(request, f"engine_error: {type(exc).__name__}: {exc}"))
+                return
+            for item in batch:
+                try:
+                    self._prefill([item])
+                except Exception as one_exc:  # noqa: BLE001
+                    self.scheduler.release(item[1])
+                    self.ready.append(Completion.failed(item[0], f"engine_error: {type(one_exc).__name__}: {one_exc}"))
+
+    def _prefill(self, batch: list[tuple[Request, int]]) -> None:
+        requests = [r for r, _ in batch]
+        logits = self.runner.prefill([r.prompt_ids for r in requests], [r.media for r in requests],
+                                     [s for _, s in batch])
+        seqs = [Sequence(r, slot, self._stop_ids(r),
+                         None if r.sampling.greedy else make_generator(r.sampling.seed, self.runner.device))
+                for r, slot in batch]
+        self.stats["prefill_tokens"] += sum(len(r.prompt_ids) for r in requests)
+        for seq in seqs:
+            self.scheduler.start(seq)
+        self._append(seqs, logits)
+
+    def _decode_step(self) -> None:
+        width = self.scheduler.decode_width
+        seqs = list(self.scheduler.running.values())
+        tokens = torch.zeros(width, dtype=torch.long)
+        positions = torch.zeros(width, dtype=torch.long)
+        for s in seqs:
+            tokens[s.slot] = s.output[-1]
+            positions[s.slot] = s.length - 1
+        r = self.runner
+        r.tokens[:width].copy_(tokens, non_blocking=True)
+        r.positions[:width].copy_(positions, non_blocking=True)
+        try:
+            logits = self.decode(width)
+        except Exception as exc:
+            raise EngineDeadError(f"decode step failed: {exc!r}") from exc
+        rows = torch.tensor([s.slot for s in seqs], device=logits.device)
+        self.stats["decode_steps"] += 1
+        self._append(seqs, logits[rows])
+
+    def _append(self, seqs: list[Sequence], logits: torch.Tensor) -> None:
+        tokens = sample(logits, [s.request.sampling for s in seqs], [s.generator for s in seqs]).tolist()
+        self.stats["generated_tokens"] += len(seqs)
+        for seq, token in zip(seqs, tokens, strict=True):
+            seq.append(token, token in seq.stop_ids)
+            text = None
+            if seq.request.sampling.stop and self.tokenizer is not None and seq.finish_reason != "stop":
+                text = self._cut_at_stop(seq)
+            if seq.finish_reason is not None:
+                self._finish(seq, text)
+
+    def _cut_at_stop(self, seq: Sequence) -> str | None:
+        text = self.tokenizer.decode(seq.output)
+        hits = [i for i in (text.find(s) for s in seq.request.sampling.stop) if i >= 0]
+        if not hits:
+            return None
+        seq.finish_reason = "stop"
+        return text[: min(hits)]
+
+    def _finish(self, seq: Sequence, text: str | None) -> None:
+        self.scheduler.release(seq.slot)
+        if text is None and self.tokenizer is not None:
+            text = self.tokenizer.decode(seq.output)
+        r = seq.request
+        self.ready.append(Completion(r.request_id, list(seq.output), text, seq.finish_reason,
+                                     len(r.prompt_ids), len(seq.output)))

@@ -1,0 +1,1 @@
+"""Model runners: the engine's per-architecture adapters (slot caches, prefill, graphed decode)."""
