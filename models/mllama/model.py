@@ -41,6 +41,8 @@ class MllamaImages:
 
 
 class MllamaForConditionalGeneration(nn.Module):
+    config_class = MllamaConfig
+
     def __init__(self, cfg: MllamaConfig):
         super().__init__()
         self.cfg = cfg

@@ -1,0 +1,141 @@
+"""Engine benchmark at real model shapes with random weights, against HF transformers in the same run.
+
+    python jobs/bench.py --model mllama-11b --images 256 --image-size 1120 --new-tokens 64
+    python jobs/bench.py --model onevision-7b --images 128 --image-size 768 --new-tokens 64
+
+Weights are random (bf16) at the shapes of the real `config.json` in ../shared/checkpoints (or
+--config DIR); gates are set non-zero so images matter. Every sequence generates exactly --new-tokens
+tokens (EOS ignored). The same synthetic images and prompt go through our engine and through
+transformers' `generate()` (batch --hf-batch, on the first --hf-images images). Prints one markdown
+table: images/s, output tokens/s, batch-1 decode step, peak GPU memory, and our ratio to HF.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from models.random_weights import random_model  # noqa: E402
+from models.registry import architecture, model_class  # noqa: E402
+from ops.sampling import SamplingParams  # noqa: E402
+from pipeline.engine.builder import make_runner  # noqa: E402
+from pipeline.engine.config import EngineConfig  # noqa: E402
+from pipeline.engine.engine import Engine  # noqa: E402
+from pipeline.engine.request import Request  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "checkpoints"
+PRESETS = {
+    "mllama-11b": "Llama-3.2-11B-Vision-Instruct",
+    "mllama-90b": "Llama-3.2-90B-Vision-Instruct",
+    "onevision-0.5b": "llava-onevision-qwen2-0.5b-ov-hf",
+    "onevision-7b": "llava-onevision-qwen2-7b-ov-hf",
+    "onevision-72b": "llava-onevision-qwen2-72b-ov-hf",
+}
+
+
+def build_ours(ckpt: Path, dtype: torch.dtype):
+    return random_model(model_class(architecture(ckpt)), ckpt, dtype, "cuda")
+
+
+def synthetic_images(n: int, size: int, seed: int = 0) -> list:
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    # Smooth random images (not pure noise) so JPEG-like statistics do not matter for the model path.
+    return [Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)) for _ in range(n)]
+
+
+def timed(fn):
+    torch.cuda.synchronize()
+    t = time.perf_counter()
+    out = fn()
+    torch.cuda.synchronize()
+    return out, time.perf_counter() - t
+
+
+def decode_step_ms(engine: Engine, reps: int = 50) -> float:
+    engine.runner.tokens.zero_()
+    engine.runner.positions.fill_(64)
+    engine.decode(1)
+    _, secs = timed(lambda: [engine.decode(1) for _ in range(reps)])
+    return secs / reps * 1e3
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--model", choices=sorted(PRESETS), default="mllama-11b")
+    ap.add_argument("--config", type=Path, help="checkpoint dir with config.json etc. (overrides --model)")
+    ap.add_argument("--images", type=int, default=256)
+    ap.add_argument("--image-size", type=int, default=1120)
+    ap.add_argument("--new-tokens", type=int, default=64)
+    ap.add_argument("--max-num-seqs", type=int, default=256)
+    ap.add_argument("--max-prefill-requests", type=int, default=16)
+    ap.add_argument("--hf-images", type=int, default=64)
+    ap.add_argument("--hf-batch", type=int, default=32)
+    ap.add_argument("--skip-hf", action="store_true")
+    ap.add_argument("--no-cuda-graphs", action="store_true")
+    ap.add_argument("--json", type=Path, help="also write the results here")
+    args = ap.parse_args(argv)
+
+    ckpt = args.config or SHARED / PRESETS[args.model]
+    from pipeline.media_inputs import MediaAdapter  # per-model processor + prompt (CPU side)
+
+    adapter = MediaAdapter.for_checkpoint(ckpt)
+    images = synthetic_images(args.images, args.image_size)
+    prompt_ids, media = adapter.prepare_many(images, "Describe this image in detail.")
+    print(f"prompt tokens (incl. image tokens): {len(prompt_ids[0])}", flush=True)
+
+    model = build_ours(ckpt, torch.bfloat16)
+    cfg = EngineConfig(max_num_seqs=args.max_num_seqs, max_model_len=len(max(prompt_ids, key=len)) + args.new_tokens
+                       + 8, max_prefill_requests=args.max_prefill_requests, cuda_graphs=not args.no_cuda_graphs)
+    torch.cuda.reset_peak_memory_stats()
+    runner, (_, t_capture) = None, (None, 0.0)
+    runner = make_runner(model, cfg, ckpt, torch.device("cuda"), adapter.pad_id)
+    engine, t_capture = timed(lambda: Engine(runner, None, cfg, ()))
+    params = SamplingParams(max_new_tokens=args.new_tokens, ignore_eos=True)
+    warm = [Request(f"w{i}", prompt_ids[i], media[i], params) for i in range(min(4, args.images))]
+    list(engine.generate(warm))
+    requests = [Request(str(i), prompt_ids[i], media[i], params) for i in range(args.images)]
+    done, secs = timed(lambda: list(engine.generate(requests)))
+    assert len(done) == args.images and all(c.num_generated_tokens == args.new_tokens for c in done), \
+        [c.error for c in done if c.error][:3]
+    ours = {"images_per_s": args.images / secs, "tokens_per_s": args.images * args.new_tokens / secs,
+            "decode_ms_b1": decode_step_ms(engine), "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
+            "slots": runner.num_slots, "graph_capture_s": t_capture}
+    print(f"ours: {ours}", flush=True)
+    del engine, runner, model
+    gc.collect()
+    torch.cuda.empty_cache()
+
+    hf = None
+    if not args.skip_hf:
+        hf = adapter.run_hf(ckpt, images[: args.hf_images], args.hf_batch, args.new_tokens)
+        print(f"hf: {hf}", flush=True)
+    rows = [("ours (engine)", ours), (f"HF generate (batch {args.hf_batch})", hf)]
+    print(f"\n{args.model}: {args.images} images {args.image_size}x{args.image_size}, {args.new_tokens} new tokens, "
+          f"{torch.cuda.get_device_name()}\n")
+    print("| | images/s | output tokens/s | batch-1 decode step (ms) | peak GPU mem (GiB) |")
+    print("|---|---|---|---|---|")
+    for name, r in rows:
+        if r:
+            print(f"| {name} | {r['images_per_s']:.2f} | {r['tokens_per_s']:.0f} | {r['decode_ms_b1']:.1f} | "
+                  f"{r['peak_gib']:.1f} |")
+    if hf:
+        print(f"\nratio ours/HF: {ours['images_per_s'] / hf['images_per_s']:.2f}x images/s, "
+              f"{hf['decode_ms_b1'] / ours['decode_ms_b1']:.1f}x faster batch-1 decode step")
+    if args.json:
+        args.json.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "ours": ours, "hf": hf},
+                                        indent=2))
+
+
+if __name__ == "__main__":
+    main()
