@@ -12,7 +12,8 @@ Contract:
   target dtype, and each tensor is copied in as it is read, so host memory never holds the checkpoint twice.
 - A parameter may carry `param.weight_loader(param, slice_)` to read only part of a tensor (tensor
   parallelism); `slice_` is the safetensors lazy slice, so unread bytes never leave the file.
-- Non-persistent buffers (rope tables...) are rebuilt by modules that define `reset_buffers()`.
+- Afterwards `finalize` rebuilds non-persistent buffers (modules defining `reset_buffers()`, e.g. rope
+  tables, kept in fp32) and lets modules defining `fuse_weights()` fuse their projections.
 """
 
 from __future__ import annotations
@@ -103,9 +104,6 @@ def load_checkpoint(model: nn.Module, ckpt_dir: str | Path, *, dtype: torch.dtyp
     check_names_and_shapes(model, files)
     model.to_empty(device=device)
     model.to(dtype)
-    for module in model.modules():
-        if hasattr(module, "reset_buffers"):
-            module.reset_buffers()
     params = dict(model.named_parameters())
     by_file = defaultdict(list)
     for name in expected_tensors(model):
@@ -121,6 +119,17 @@ def load_checkpoint(model: nn.Module, ckpt_dir: str | Path, *, dtype: torch.dtyp
                     else:
                         param.copy_(f.get_tensor(name))
     tie_weights(model)
+    return finalize(model)
+
+
+def finalize(model: nn.Module) -> nn.Module:
+    """After weights are in place: rebuild non-persistent buffers, fuse projections (see ops/fusion.py)."""
+    for module in model.modules():
+        if hasattr(module, "reset_buffers"):
+            module.reset_buffers()
+    for module in list(model.modules()):
+        if hasattr(module, "fuse_weights"):
+            module.fuse_weights()
     return model
 
 

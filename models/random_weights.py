@@ -12,6 +12,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from models.loader import finalize
+
 
 @torch.no_grad()
 def random_init(model: nn.Module, seed: int = 0) -> nn.Module:
@@ -26,10 +28,7 @@ def random_init(model: nn.Module, seed: int = 0) -> nn.Module:
             p.zero_()
         else:
             p.normal_(0, 0.02, generator=gen)
-    for m in model.modules():
-        if hasattr(m, "reset_buffers"):
-            m.reset_buffers()
-    return model
+    return finalize(model)
 
 
 def random_model(cls: type, ckpt_dir: str | Path, dtype: torch.dtype, device: str | torch.device,

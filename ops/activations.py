@@ -8,6 +8,8 @@ from functools import partial
 import torch
 import torch.nn.functional as F
 
+from ops.fusion import cuda_compiled
+
 ACTIVATIONS: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
     "silu": F.silu,
     "swish": F.silu,
@@ -24,3 +26,10 @@ def activation(name: str) -> Callable[[torch.Tensor], torch.Tensor]:
         return ACTIVATIONS[name]
     except KeyError:
         raise ValueError(f"unsupported hidden_act {name!r}; known: {sorted(ACTIVATIONS)}") from None
+
+
+@cuda_compiled
+def silu_mul(gate_up: torch.Tensor) -> torch.Tensor:
+    """SwiGLU on a fused [..., 2 * I] gate/up projection."""
+    gate, up = gate_up.chunk(2, dim=-1)
+    return F.silu(gate) * up

@@ -13,6 +13,8 @@ import math
 import torch
 from torch import nn
 
+from ops.fusion import cuda_compiled
+
 
 def rope_inv_freq(head_dim: int, theta: float, scaling: dict | None = None) -> torch.Tensor:
     inv_freq = 1.0 / (theta ** (torch.arange(0, head_dim, 2, dtype=torch.int64).float() / head_dim))
@@ -55,6 +57,7 @@ def _rotate_half(x: torch.Tensor) -> torch.Tensor:
     return torch.cat((-x2, x1), dim=-1)
 
 
+@cuda_compiled
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
     """x: [B, H, S, D]; cos/sin: [B, S, D] (or [S, D])."""
     cos, sin = cos.unsqueeze(-3), sin.unsqueeze(-3)

@@ -19,11 +19,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from models.mllama.config import MllamaTextConfig
-from ops.activations import activation
+from ops.activations import activation, silu_mul
 from ops.attention import SelfAttention, attention
+from ops.fusion import fuse_linears
 from ops.norms import RMSNorm
 from ops.rope import RotaryEmbedding, apply_rope
 
@@ -42,9 +44,17 @@ class TextMLP(nn.Module):
         self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
         self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
         self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+        self.act_name = cfg.hidden_act
         self.act = activation(cfg.hidden_act)
+        self.gate_up = None  # fused [2I, d] weight once loaded (gate/up weights become views of it)
+
+    def fuse_weights(self) -> None:
+        if self.act_name == "silu":
+            self.gate_up = fuse_linears(self.gate_proj, self.up_proj)[0]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.gate_up is not None:
+            return self.down_proj(silu_mul(F.linear(x, self.gate_up)))
         return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
 
 
@@ -58,12 +68,20 @@ class TextSelfAttention(nn.Module):
         self.k_proj = nn.Linear(d, self.kv_heads * self.head_dim, bias=False)
         self.v_proj = nn.Linear(d, self.kv_heads * self.head_dim, bias=False)
         self.o_proj = nn.Linear(self.heads * self.head_dim, d, bias=False)
+        self.qkv, self.qkv_sizes = None, None  # fused projection once loaded
+
+    def fuse_weights(self) -> None:
+        self.qkv, _, self.qkv_sizes = fuse_linears(self.q_proj, self.k_proj, self.v_proj)
 
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], attn: SelfAttention) -> torch.Tensor:
         b, s, _ = x.shape
-        q = self.q_proj(x).view(b, s, self.heads, self.head_dim).transpose(1, 2)
-        k = self.k_proj(x).view(b, s, self.kv_heads, self.head_dim).transpose(1, 2)
-        v = self.v_proj(x).view(b, s, self.kv_heads, self.head_dim).transpose(1, 2)
+        if self.qkv is not None:
+            q, k, v = F.linear(x, self.qkv).split(self.qkv_sizes, dim=-1)
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q = q.view(b, s, self.heads, self.head_dim).transpose(1, 2)
+        k = k.view(b, s, self.kv_heads, self.head_dim).transpose(1, 2)
+        v = v.view(b, s, self.kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, *rope), apply_rope(k, *rope)
         out = attn(self.cache_index, q, k, v)  # [b, heads, s, head_dim]
         return self.o_proj(out.transpose(1, 2).reshape(b, s, -1))

@@ -43,10 +43,11 @@ class VisionAttention(nn.Module):
         b, s, d = x.shape
         q, k, v = (p(x).view(b, s, self.heads, -1).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj))
         out = attention(q, k, v)  # [b, heads, s, head_dim], exact for real queries
-        for images, pad_idx, real_idx in pads.groups:
-            qp = q[images][:, :, pad_idx]
-            kr, vr = k[images][:, :, real_idx], v[images][:, :, real_idx]
-            out[images[:, None], :, pad_idx[None, :]] = attention(qp, kr, vr).transpose(1, 2)
+        for images, pad_idx, key_is_real in pads.groups:
+            every = images.shape[0] == b  # usual case: one tile count for the whole batch, no K/V copy
+            kg, vg = (k, v) if every else (k[images], v[images])
+            qp = q[:, :, pad_idx] if every else q[images][:, :, pad_idx]
+            out[images[:, None], :, pad_idx[None, :]] = attention(qp, kg, vg, key_is_real).transpose(1, 2)
         return self.o_proj(out.transpose(1, 2).reshape(b, s, d))
 
 
@@ -127,7 +128,7 @@ class GatedPositionalEmbedding(nn.Module):
 
 
 class PadLayout:
-    """Pad/real token indices of a batch of images, grouped by tile count: (images, pad_idx, real_idx)."""
+    """Pads of a batch of images, grouped by tile count: (images, pad query indices, real-key mask)."""
 
     def __init__(self, aspect_ratio_mask: torch.Tensor, real_tokens: int, padded_tokens: int):
         tiles = aspect_ratio_mask.shape[1]
@@ -140,7 +141,7 @@ class PadLayout:
             if not bool(is_pad.any()):
                 continue
             images = torch.tensor([i for i, c in enumerate(counts) if c == n_tiles], device=device)
-            self.groups.append((images, is_pad.nonzero()[:, 0], (~is_pad).nonzero()[:, 0]))
+            self.groups.append((images, is_pad.nonzero()[:, 0], ~is_pad[None, None, None, :]))
 
 
 class MllamaVisionModel(nn.Module):

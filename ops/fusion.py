@@ -1,0 +1,51 @@
+"""Fusion helpers for the decode hot path.
+
+- `fuse_linears(*linears)`: after weights are loaded, re-home several nn.Linear weights (same input) into
+  one contiguous tensor and make each original weight a view of it; one GEMM then replaces several
+  (q/k/v, gate/up). Parameter names and values are unchanged, so checkpoints and tests see no difference.
+- `cuda_compiled(fn)`: runs `fn` through `torch.compile` when its first argument is a CUDA tensor, so
+  chains of small elementwise kernels (RMSNorm, RoPE, SiLU*up) become one Triton kernel each; on the CPU
+  (and with VLMCAP_NO_COMPILE=1) it is the plain function. Compilation happens during the engine's
+  warm-up, before CUDA graphs are captured.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+
+def fuse_linears(*linears: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None, list[int]]:
+    """-> (fused weight [sum(out), in], fused bias or None, split sizes)."""
+    weight = torch.cat([lin.weight.detach() for lin in linears])
+    has_bias = [lin.bias is not None for lin in linears]
+    bias = torch.cat([lin.bias.detach() for lin in linears]) if all(has_bias) else None
+    sizes, start = [], 0
+    for lin in linears:
+        n = lin.weight.shape[0]
+        lin.weight = nn.Parameter(weight[start: start + n], requires_grad=False)
+        if bias is not None:
+            lin.bias = nn.Parameter(bias[start: start + n], requires_grad=False)
+        sizes.append(n)
+        start += n
+    return weight, bias, sizes
+
+
+def cuda_compiled(fn: Callable) -> Callable:
+    compiled = None
+    enabled = os.environ.get("VLMCAP_NO_COMPILE", "0") != "1"
+
+    @functools.wraps(fn)
+    def wrapper(x: torch.Tensor, *args):
+        nonlocal compiled
+        if not (enabled and x.is_cuda):
+            return fn(x, *args)
+        if compiled is None:
+            compiled = torch.compile(fn, dynamic=True, fullgraph=True)
+        return compiled(x, *args)
+
+    return wrapper
