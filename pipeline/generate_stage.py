@@ -1,0 +1,118 @@
+"""The GPU stage: one Ray actor = one model replica running the engine on its own thread.
+
+Ray Data calls `__call__` with a batch of preprocessed rows; several calls run at once on the actor's
+threads (`batches_in_flight`), each handing its requests to the engine thread and waiting for exactly
+its completions. The engine thus always has the next batches' requests queued and never drains between
+Ray batches. Rows that already carry an error (from preprocessing) skip the engine.
+
+Failure policy (RELIABILITY.md): a per-request problem becomes an error completion inside the engine; a
+broken engine (`EngineDeadError`, CUDA errors) ends the process with `os._exit(1)` so Ray restarts the
+actor and retries its batches; we never raise `sys.exit` from an actor.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import threading
+import time
+from concurrent.futures import Future
+from pathlib import Path
+
+import numpy as np
+
+from ops.sampling import SamplingParams
+from pipeline.engine.config import EngineConfig
+from pipeline.engine.request import Completion, Request
+from pipeline.job_config import JobConfig
+from pipeline.media_codec import codec_for
+
+log = logging.getLogger(__name__)
+
+
+class EngineThread:
+    """Owns the engine; requests arrive on a queue, each resolves its own Future with its Completion."""
+
+    def __init__(self, engine):
+        self.engine = engine
+        self.inbox: queue.Queue[tuple[Request, Future]] = queue.Queue()
+        self.futures: dict[str, Future] = {}
+        self.thread = threading.Thread(target=self._loop, name="engine", daemon=True)
+        self.thread.start()
+
+    def submit(self, request: Request) -> Future:
+        fut: Future = Future()
+        self.inbox.put((request, fut))
+        return fut
+
+    def _loop(self) -> None:
+        try:
+            while True:
+                block = not self.engine.has_work()
+                try:
+                    while True:
+                        request, fut = self.inbox.get(block=block, timeout=None if not block else 1.0)
+                        block = False
+                        self.futures[request.request_id] = fut
+                        self.engine.add(request)
+                except queue.Empty:
+                    pass
+                for c in self.engine.step() if self.engine.has_work() else []:
+                    self.futures.pop(c.request_id).set_result(c)
+        except BaseException:  # the replica's state is unknown: let Ray restart the actor
+            log.exception("engine thread died; exiting so Ray restarts this replica")
+            os._exit(1)
+
+
+class GenerateStage:
+    def __init__(self, config: JobConfig):
+        import torch
+
+        from pipeline.engine.builder import build_engine
+
+        self.config = config
+        self.codec = codec_for(config.model, config)
+        engine_cfg = EngineConfig(max_num_seqs=config.max_num_seqs, max_model_len=config.max_model_len,
+                                  gpu_memory_utilization=config.gpu_memory_utilization, cuda_graphs=config.cuda_graphs,
+                                  dtype=config.dtype if torch.cuda.is_available() else "float32",
+                                  max_images_per_request=self.codec.max_images_per_request)
+        self.engine = EngineThread(build_engine(Path(config.model), engine_cfg))
+        self.sampling = SamplingParams(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
+                                       top_p=config.top_p, top_k=config.top_k, seed=config.seed, stop=config.stop)
+        self.batches = 0
+        self.lock = threading.Lock()
+
+    def _maybe_fail(self) -> None:
+        """Fault injection for the reliability tests: die once on the k-th batch."""
+        fi = self.config.fault_injection
+        if not fi:
+            return
+        with self.lock:
+            self.batches += 1
+            n = self.batches
+        marker = Path(fi["marker"])
+        if n == fi.get("gpu_exit_on_batch") and not marker.exists():
+            marker.write_text(str(os.getpid()))
+            os._exit(1)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        self._maybe_fail()
+        t0 = time.perf_counter()
+        ids = batch["id"]
+        futures: list[Future | None] = []
+        for i in range(len(ids)):
+            if batch["error"][i] is not None:
+                futures.append(None)
+                continue
+            media = self.codec.unpack(batch, i)
+            prompt = [int(t) for t in batch["prompt_ids"][i]]
+            futures.append(self.engine.submit(Request(str(ids[i]), prompt, media, self.sampling)))
+        results: list[Completion | None] = [f.result() if f is not None else None for f in futures]
+        out = {k: batch[k] for k in batch if k in ("id", "error", "num_prompt_tokens") or k.startswith("keep__")}
+        out["text"] = np.array([r.text if r else None for r in results], dtype=object)
+        out["finish_reason"] = np.array([r.finish_reason if r else "error" for r in results], dtype=object)
+        out["error"] = np.array([(r.error if r else batch["error"][i]) for i, r in enumerate(results)], dtype=object)
+        out["num_generated_tokens"] = np.array([r.num_generated_tokens if r else 0 for r in results], dtype=np.int32)
+        out["gpu_batch_seconds"] = np.full(len(ids), time.perf_counter() - t0)
+        return out

@@ -1,0 +1,86 @@
+"""The frozen job configuration: CLI flags and/or a YAML file -> `JobConfig`, consumed read-only.
+
+`fingerprint()` hashes what decides the output text (model, prompt, sampling, media settings); it is
+stored beside the output so a resume with a different configuration is refused unless `overwrite`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    model: str
+    input: str
+    output: str
+    prompt: str | None = "Describe this image in detail."
+    prompt_column: str | None = None
+    messages_column: str | None = None
+    image_column: str | None = "image"
+    video_column: str | None = "video"
+    id_column: str = "id"
+    keep_columns: tuple[str, ...] = ()
+    output_format: str = "parquet"  # parquet | jsonl
+    max_new_tokens: int = 128
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
+    num_frames: int | None = None
+    tp: int = 1
+    replicas: int = 1
+    batch_size: int = 64  # rows per Ray batch into the GPU stage
+    batches_in_flight: int = 4  # Ray batches each GPU actor works on at once
+    preprocess_actors: tuple[int, int] = (1, 8)  # autoscaling range of the CPU stage
+    max_model_len: int = 4096
+    max_num_seqs: int = 256
+    gpu_memory_utilization: float = 0.9
+    cuda_graphs: bool = True
+    dtype: str = "bfloat16"
+    allow_http: bool = False
+    overwrite: bool = False
+    rows_per_file: int = 10000
+    progress_interval_s: float = 5.0
+    limit: int | None = None
+    fault_injection: dict = field(default_factory=dict)  # tests only: {"gpu_exit_on_batch": k, "marker": path}
+
+    def __post_init__(self):
+        if self.output_format not in ("parquet", "jsonl"):
+            raise ValueError("output_format must be parquet or jsonl")
+        given = [x for x in (self.prompt_column, self.messages_column) if x]
+        if len(given) > 1:
+            raise ValueError("use at most one of prompt_column / messages_column")
+        if self.tp < 1 or self.replicas < 1:
+            raise ValueError("tp and replicas must be >= 1")
+
+    def fingerprint(self) -> str:
+        keys = ("model", "prompt", "prompt_column", "messages_column", "image_column", "video_column", "max_new_tokens",
+                "temperature", "top_p", "top_k", "seed", "stop", "num_frames", "dtype")
+        blob = json.dumps({k: getattr(self, k) for k in keys}, sort_keys=True, default=str)
+        return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+    @classmethod
+    def from_dict(cls, d: dict) -> JobConfig:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(d) - names
+        if unknown:
+            raise ValueError(f"unknown config keys: {sorted(unknown)}")
+        d = dict(d)
+        for k in ("keep_columns", "stop", "preprocess_actors"):
+            if k in d and d[k] is not None:
+                d[k] = tuple(d[k])
+        return cls(**d)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path, **overrides) -> JobConfig:
+        import yaml
+
+        data = yaml.safe_load(Path(path).read_text()) or {}
+        data.update({k: v for k, v in overrides.items() if v is not None})
+        return cls.from_dict(data)

@@ -1,0 +1,26 @@
+"""Last stage: GPU-stage rows -> the fixed output schema (pipeline/schema.py), kept columns restored."""
+
+from __future__ import annotations
+
+import numpy as np
+import pyarrow as pa
+
+from pipeline.schema import BASE_NAMES
+
+
+def to_output_table(batch: dict[str, np.ndarray], model_name: str, schema: pa.Schema) -> pa.Table:
+    n = len(batch["id"])
+    cols = {
+        "id": pa.array([str(x) for x in batch["id"]], pa.string()),
+        "text": pa.array(list(batch["text"]), pa.string()),
+        "finish_reason": pa.array(list(batch["finish_reason"]), pa.string()),
+        "error": pa.array(list(batch["error"]), pa.string()),
+        "num_prompt_tokens": pa.array(batch["num_prompt_tokens"].astype(np.int32), pa.int32()),
+        "num_generated_tokens": pa.array(batch["num_generated_tokens"].astype(np.int32), pa.int32()),
+        "model": pa.array([model_name] * n, pa.string()),
+    }
+    for field in schema:
+        if field.name not in BASE_NAMES:
+            values = batch.get("keep__" + field.name)
+            cols[field.name] = pa.array(list(values) if values is not None else [None] * n, field.type)
+    return pa.table(cols, schema=schema)

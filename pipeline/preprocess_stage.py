@@ -1,0 +1,72 @@
+"""The CPU stage: decode media, run the model's processor, render the prompt, tokenize. One row in,
+one row out, always: a failure becomes the row's typed `error` and the row skips the GPU.
+
+Untrusted media is decoded in a child process (pipeline/isolation.py): a decoder crash or hang becomes
+`decode_crash` / `decode_timeout` for that row instead of a Ray task retried forever. Pixels leave as
+uint8 (normalisation happens on the GPU).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+import numpy as np
+
+from models.errors import InputError
+from pipeline.isolation import IsolatedWorker, WorkerCrashed, WorkerTimeout
+from pipeline.job_config import JobConfig
+from pipeline.media_codec import codec_for, prepare_row
+from pipeline.metrics import StageMetrics
+
+
+class PreprocessStage:
+    def __init__(self, config: JobConfig, decode_timeout_s: float = 60.0):
+        self.config = config
+        self.codec = codec_for(config.model, config)
+        self.worker = IsolatedWorker(prepare_row, init=(config.model, config))
+        self.timeout = decode_timeout_s
+        self.metrics = StageMetrics("preprocess")
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        t0 = time.perf_counter()
+        n = len(batch["id"])
+        out = {k: batch[k] for k in batch if k == "id" or k.startswith("keep__")}
+        prompt_ids, packed, errors, n_prompt = [], [], [], []
+        for i in range(n):
+            row = {k: _cell(batch[k][i]) for k in batch if not k.startswith("keep__")}
+            try:
+                ids, media_blob = self.worker.call(row, timeout=self.timeout)
+                prompt_ids.append(np.asarray(ids, dtype=np.int32))
+                packed.append(media_blob)
+                errors.append(None)
+                n_prompt.append(len(ids))
+            except (InputError, WorkerCrashed, WorkerTimeout) as exc:
+                prompt_ids.append(np.zeros(0, dtype=np.int32))
+                packed.append(None)
+                errors.append(exc.row_error() if isinstance(exc, InputError) else f"{exc.kind}: {exc}")
+                n_prompt.append(0)
+        out["prompt_ids"] = _objects(prompt_ids)
+        out["media"] = _objects(packed)
+        out["error"] = np.array(errors, dtype=object)
+        out["num_prompt_tokens"] = np.array(n_prompt, dtype=np.int32)
+        self.metrics.record(rows=n, errors=sum(e is not None for e in errors), seconds=time.perf_counter() - t0)
+        return out
+
+
+def _objects(items: list) -> np.ndarray:
+    arr = np.empty(len(items), dtype=object)
+    arr[:] = items
+    return arr
+
+
+def _cell(value):
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def media_summary(blob: bytes | None) -> str:
+    return json.dumps({"bytes": len(blob) if blob else 0})

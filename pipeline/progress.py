@@ -1,0 +1,62 @@
+"""Driver-side progress: a line every few seconds that reads well in `ray job logs`, and the summary."""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections import Counter
+
+import pyarrow as pa
+
+
+def _duration(seconds: float) -> str:
+    seconds = int(seconds)
+    h, rem = divmod(seconds, 3600)
+    m, s = divmod(rem, 60)
+    return f"{h}h{m:02d}m{s:02d}s" if h else f"{m}m{s:02d}s" if m else f"{s}s"
+
+
+class Progress:
+    def __init__(self, total: int | None, interval_s: float = 5.0, out=sys.stdout):
+        self.total, self.interval, self.out = total, interval_s, out
+        self.start = self.last = time.monotonic()
+        self.rows = self.tokens = self.errors = 0
+        self.finish = Counter()
+        self.error_kinds = Counter()
+
+    def update(self, table: pa.Table) -> None:
+        self.rows += table.num_rows
+        self.tokens += sum(x or 0 for x in table.column("num_generated_tokens").to_pylist())
+        for reason, err in zip(table.column("finish_reason").to_pylist(), table.column("error").to_pylist(),
+                               strict=True):
+            self.finish[reason] += 1
+            if err:
+                self.errors += 1
+                self.error_kinds[err.split(":", 1)[0]] += 1
+        now = time.monotonic()
+        if now - self.last >= self.interval:
+            self.last = now
+            self.line()
+
+    def line(self) -> None:
+        elapsed = max(time.monotonic() - self.start, 1e-9)
+        rate = self.rows / elapsed
+        done = f"{self.rows}/{self.total} ({100 * self.rows / self.total:.1f}%)" if self.total else f"{self.rows}"
+        eta = ""
+        if self.total and rate > 0:
+            eta = f" | ETA {_duration((self.total - self.rows) / rate)}"
+        print(f"[caption] {done} rows | {rate:.2f} rows/s | {self.tokens / elapsed:.0f} tok/s | "
+              f"errors {self.errors}{eta}", file=self.out, flush=True)
+
+    def summary(self, output: str, skipped: int) -> dict:
+        elapsed = time.monotonic() - self.start
+        info = {"rows_written": self.rows, "rows_skipped_resume": skipped, "elapsed_s": round(elapsed, 1),
+                "rows_per_s": round(self.rows / max(elapsed, 1e-9), 3),
+                "tokens_per_s": round(self.tokens / max(elapsed, 1e-9), 1),
+                "finish_reasons": dict(self.finish), "error_types": dict(self.error_kinds), "output": output}
+        print(f"[caption] done: {self.rows} rows in {_duration(elapsed)} ({info['rows_per_s']} rows/s, "
+              f"{info['tokens_per_s']} tok/s); skipped (already written) {skipped}", file=self.out, flush=True)
+        print(f"[caption] finish reasons: {dict(self.finish)}; errors by type: {dict(self.error_kinds) or 'none'}",
+              file=self.out, flush=True)
+        print(f"[caption] output: {output}", file=self.out, flush=True)
+        return info
