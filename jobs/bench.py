@@ -15,8 +15,13 @@ from __future__ import annotations
 import argparse
 import functools
 import gc
+import importlib.util
+import io
 import json
+import os
+import shutil
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -32,8 +37,11 @@ from pipeline.engine.builder import make_runner  # noqa: E402
 from pipeline.engine.config import EngineConfig  # noqa: E402
 from pipeline.engine.engine import Engine  # noqa: E402
 from pipeline.engine.request import Request  # noqa: E402
+from pipeline.job_config import JobConfig  # noqa: E402
+from pipeline.media_codec import codec_for  # noqa: E402
 
-SHARED = Path(__file__).resolve().parents[2] / "shared" / "checkpoints"
+SHARED = Path(os.environ.get("VLMCAP_SHARED_CHECKPOINTS",
+                             Path(__file__).resolve().parents[2] / "shared" / "checkpoints"))
 PRESETS = {
     "mllama-11b": "Llama-3.2-11B-Vision-Instruct",
     "mllama-90b": "Llama-3.2-90B-Vision-Instruct",
@@ -45,6 +53,36 @@ PRESETS = {
 
 def build_ours(ckpt: Path, dtype: torch.dtype):
     return random_model(model_class(architecture(ckpt)), ckpt, dtype, "cuda")
+
+
+def bench_dir(ckpt: Path) -> Path:
+    """The config dir, completed with tokenizer/processor files from a sibling of the same family when the
+    real dir only has config.json + index (7B/72B): a temp dir, never written into ../shared."""
+    if (ckpt / "tokenizer.json").exists() and (ckpt / "preprocessor_config.json").exists():
+        return ckpt
+    donor = next((d for d in (ckpt.parent / "llava-onevision-qwen2-0.5b-ov-hf",
+                              ckpt.parent / "Llama-3.2-11B-Vision-Instruct")
+                  if d.exists() and json.loads((d / "config.json").read_text())["architectures"]
+                  == json.loads((ckpt / "config.json").read_text())["architectures"]), None)
+    if donor is None:
+        raise SystemExit(f"{ckpt} has no tokenizer/processor files and no sibling to borrow them from")
+    tmp = Path(tempfile.mkdtemp(prefix="bench_ckpt_"))
+    for f in donor.iterdir():
+        if f.is_file() and f.name not in ("config.json", "model.safetensors.index.json"):
+            shutil.copy(f, tmp / f.name)
+        elif f.is_dir():
+            shutil.copytree(f, tmp / f.name)
+    shutil.copy(ckpt / "config.json", tmp / "config.json")
+    return tmp
+
+
+def load_hf_peer():
+    """transformers is a test-only oracle: its peer code lives in tests/peers/."""
+    path = Path(__file__).resolve().parents[1] / "tests" / "peers" / "hf_generate.py"
+    spec = importlib.util.spec_from_file_location("hf_generate_peer", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def synthetic_images(n: int, size: int, seed: int = 0) -> list:
@@ -84,22 +122,28 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--hf-batch", type=int, default=32)
     ap.add_argument("--skip-hf", action="store_true")
     ap.add_argument("--no-cuda-graphs", action="store_true")
+    ap.add_argument("--prompt", default="Describe this image in detail.")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args(argv)
 
-    ckpt = args.config or SHARED / PRESETS[args.model]
-    from pipeline.media_inputs import MediaAdapter  # per-model processor + prompt (CPU side)
-
-    adapter = MediaAdapter.for_checkpoint(ckpt)
+    ckpt = bench_dir(args.config or SHARED / PRESETS[args.model])
+    job = JobConfig(model=str(ckpt), input="-", output="-", prompt=args.prompt)
+    codec = codec_for(ckpt, job)
     images = synthetic_images(args.images, args.image_size)
-    prompt_ids, media = adapter.prepare_many(images, "Describe this image in detail.")
+    prompt_ids, media = [], []
+    for img in images:
+        buf = io.BytesIO()
+        img.save(buf, format="PNG")
+        ids, blob = codec.prepare({"image": buf.getvalue()})
+        prompt_ids.append(ids)
+        media.append(codec.unpack({"media": [blob]}, 0))
     print(f"prompt tokens (incl. image tokens): {len(prompt_ids[0])}", flush=True)
 
     model = build_ours(ckpt, torch.bfloat16)
     cfg = EngineConfig(max_num_seqs=args.max_num_seqs, max_model_len=len(max(prompt_ids, key=len)) + args.new_tokens
                        + 8, max_prefill_requests=args.max_prefill_requests, cuda_graphs=not args.no_cuda_graphs)
     torch.cuda.reset_peak_memory_stats()
-    runner = make_runner(model, cfg, ckpt, torch.device("cuda"), adapter.pad_id)
+    runner = make_runner(model, cfg, ckpt, torch.device("cuda"), codec.tokenizer.pad_id or 0)
     t0 = time.perf_counter()
     engine = Engine(runner, None, cfg, ())  # compiles the fused kernels and captures the CUDA graphs
     t_capture = time.perf_counter() - t0
@@ -120,7 +164,7 @@ def main(argv: list[str] | None = None) -> None:
 
     hf = None
     if not args.skip_hf:
-        hf = adapter.run_hf(ckpt, images[: args.hf_images], args.hf_batch, args.new_tokens)
+        hf = load_hf_peer().run_hf(ckpt, images[: args.hf_images], args.hf_batch, args.new_tokens, args.prompt)
         print(f"hf: {hf}", flush=True)
     rows = [("ours (engine)", ours), (f"HF generate (batch {args.hf_batch})", hf)]
     print(f"\n{args.model}: {args.images} images {args.image_size}x{args.image_size}, {args.new_tokens} new tokens, "

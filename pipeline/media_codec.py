@@ -1,0 +1,121 @@
+"""Per-model CPU preparation of one row, and the compact form its media travels in between Ray stages.
+
+`codec_for(model_dir, config)` picks the codec from `config.json`'s architecture. A codec:
+- `prepare(row) -> (prompt_ids, blob)`: fetch + decode media, run the model's processor (uint8 pixels),
+  build the chat messages (`--prompt` convention, a per-row prompt, or per-row messages), render the
+  checkpoint's chat template (sandboxed), tokenize. Raises typed `InputError`s. Runs in the isolated
+  decode child (pipeline/isolation.py).
+- `unpack(batch, i) -> media` for the engine runner (GPU actor side).
+The blob is an `.npz` archive of plain arrays (never pickled objects: `np.load(allow_pickle=False)`).
+"""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from models.media import load_image
+
+from models.chat_template import ChatTemplate, count_media, normalize_messages, user_turn
+from models.errors import InputError, PromptError
+from models.registry import architecture
+from models.tokenizer import Tokenizer
+from pipeline.fetch import media_bytes
+from pipeline.job_config import JobConfig
+
+
+def pack(**arrays: np.ndarray) -> bytes:
+    buf = io.BytesIO()
+    np.savez(buf, **arrays)
+    return buf.getvalue()
+
+
+def unpack_arrays(blob: bytes) -> dict[str, np.ndarray]:
+    with np.load(io.BytesIO(blob), allow_pickle=False) as z:
+        return {k: z[k] for k in z.files}
+
+
+def _present(cell) -> bool:
+    return cell is not None and not (isinstance(cell, float) and np.isnan(cell))
+
+
+class BaseCodec:
+    max_images_per_request = 1
+
+    def __init__(self, model_dir: str | Path, config: JobConfig):
+        self.model_dir, self.config = Path(model_dir), config
+        self.tokenizer = Tokenizer.from_dir(self.model_dir)
+        self.template = ChatTemplate.from_dir(self.model_dir)
+
+    def messages(self, row: dict, n_images: int, n_videos: int) -> list[dict]:
+        c = self.config
+        if c.messages_column:
+            cell = row.get(c.messages_column)
+            if not _present(cell):
+                raise PromptError("messages cell is empty")
+            msgs = normalize_messages(json.loads(cell) if isinstance(cell, str) else cell)
+            if count_media(msgs) != (n_images, n_videos):
+                raise PromptError(f"messages reference {count_media(msgs)} (images, videos) but the row has "
+                                  f"{(n_images, n_videos)}")
+            return msgs
+        text = row.get(c.prompt_column) if c.prompt_column else c.prompt
+        if not _present(text) or not str(text).strip():
+            raise PromptError("empty prompt")
+        return user_turn(str(text), n_images, n_videos)
+
+    def prompt_ids(self, row: dict, n_images: int, n_videos: int) -> list[int]:
+        text = self.template.render(self.messages(row, n_images, n_videos), add_generation_prompt=True)
+        return self.tokenizer.encode(text)
+
+    def media_cells(self, row: dict) -> tuple[bytes | None, bytes | None]:
+        img = row.get("image")
+        vid = row.get("video")
+        if not _present(img) and not _present(vid):
+            raise InputError("the row has neither an image nor a video", kind="missing_media")
+        allow = self.config.allow_http
+        return (media_bytes(img, allow_http=allow) if _present(img) else None,
+                media_bytes(vid, allow_http=allow) if _present(vid) else None)
+
+
+class MllamaCodec(BaseCodec):
+    def __init__(self, model_dir, config):
+        super().__init__(model_dir, config)
+        from models.mllama.image_processor import MllamaImageProcessor
+
+        self.processor = MllamaImageProcessor.from_dir(self.model_dir)
+
+    def prepare(self, row: dict) -> tuple[list[int], bytes]:
+        image, video = self.media_cells(row)
+        if video is not None:
+            raise InputError("Llama-3.2-Vision takes images, not videos", kind="unsupported_media")
+        out = self.processor.preprocess(load_image(image), uint8=True)
+        ids = self.prompt_ids(row, 1, 0)
+        return ids, pack(pixels=out.pixel_values, aspect_ratio_id=np.array([out.aspect_ratio_id]),
+                         num_tiles=np.array([out.num_tiles]))
+
+    def unpack(self, batch: dict, i: int):
+        from models.mllama.model import MllamaImages
+
+        a = unpack_arrays(batch["media"][i])
+        tiles = int(a["num_tiles"][0])
+        max_tiles = self.processor.config.max_image_tiles
+        px = np.zeros((1, max_tiles, *a["pixels"].shape[1:]), dtype=np.uint8)
+        px[0, :tiles] = a["pixels"]
+        return MllamaImages(torch.from_numpy(px), torch.from_numpy(a["aspect_ratio_id"]).long(), [tiles])
+
+
+def codec_for(model_dir: str | Path, config: JobConfig) -> BaseCodec:
+    arch = architecture(model_dir)
+    if arch == "MllamaForConditionalGeneration":
+        return MllamaCodec(model_dir, config)
+    from pipeline.onevision_codec import OneVisionCodec
+
+    return OneVisionCodec(model_dir, config)
+
+
+def prepare_row(model_dir: str, config: JobConfig):
+    """Factory run inside the isolated decode child: returns its `row -> (ids, blob)` handler."""
+    return codec_for(model_dir, config).prepare
