@@ -10,7 +10,7 @@ from models.errors import CheckpointError
 
 ARCHITECTURES = {
     "MllamaForConditionalGeneration": "models.mllama.model:MllamaForConditionalGeneration",
-    "LlavaOnevisionForConditionalGeneration": "models.llava_onevision.model:LlavaOnevisionForConditionalGeneration",
+    "LlavaOnevisionForConditionalGeneration": "models.onevision.model:LlavaOnevisionForConditionalGeneration",
 }
 
 
