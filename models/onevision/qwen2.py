@@ -112,5 +112,12 @@ class Qwen2ForCausalLM(nn.Module):
 
     def __init__(self, cfg: Qwen2Config):
         super().__init__()
+        self.cfg = cfg
         self.model = Qwen2Model(cfg)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+
+    def reset_buffers(self) -> None:
+        """Re-tie after materialisation: `to_empty` unshares parameters, and random-weight models
+        (models/random_weights.py) never pass through the loader's tying."""
+        if self.cfg.tie_word_embeddings:
+            self.lm_head.weight = self.model.embed_tokens.weight

@@ -103,3 +103,15 @@ def test_hub_layout_loads_identically(tiny_ov_dir, our_tiny_ov, tmp_path):
     a = prompt_logits(hub, [ids], media())
     b = prompt_logits(our_tiny_ov, [ids], media())
     assert torch.equal(a, b)
+
+
+def test_registry_and_tied_random_weights(shared_checkpoints, tiny_ov_dir, our_tiny_ov):
+    from models.random_weights import random_model
+    from models.registry import architecture, model_class
+
+    for name in ["llava-onevision-qwen2-0.5b-ov-hf", *HUB_INDEXED]:
+        assert model_class(architecture(shared_checkpoints / name)) is LlavaOnevisionForConditionalGeneration
+    lm = our_tiny_ov.language_model
+    assert lm.lm_head.weight.data_ptr() == lm.model.embed_tokens.weight.data_ptr()
+    rand = random_model(LlavaOnevisionForConditionalGeneration, tiny_ov_dir, torch.float32, "cpu")
+    assert rand.language_model.lm_head.weight is rand.language_model.model.embed_tokens.weight
