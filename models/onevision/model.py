@@ -39,7 +39,8 @@ from ops.attention import SelfAttention
 
 @dataclass
 class OneVisionMedia:
-    """One prompt's media, normalized float pixels as the reference processors emit them.
+    """One prompt's media: normalized float pixels as the reference processors emit them (or uint8, see
+    `encode_media`).
 
     images[i]: [P_i, 3, S, S], the base image first then the anyres grid crops row-major (P_i = 1 for each
     image of a prompt with several images); image_sizes[i]: original (height, width);
@@ -114,12 +115,31 @@ class LlavaOnevisionForConditionalGeneration(nn.Module):
         for x in [*m.images, *m.videos]:
             if x.dim() != 4 or tuple(x.shape[1:]) != (3, s, s) or x.shape[0] == 0:
                 raise ValueError(f"media tensors must be [N>0, 3, {s}, {s}], got {list(x.shape)}")
-            if not x.is_floating_point():
-                raise ValueError(f"media tensors must be normalized floats, got {x.dtype}")
+            if not (x.is_floating_point() or x.dtype == torch.uint8):
+                raise ValueError(f"media tensors must be uint8 or normalized floats, got {x.dtype}")
+
+    def _normalize(self, x: torch.Tensor, mean, std) -> torch.Tensor:
+        """uint8 -> normalized float on the model's device, as the reference's fused rescale+normalize:
+        (x - 255 * mean) / (255 * std) in fp32."""
+        p = self.multi_modal_projector.linear_1.weight
+        x = x.to(p.device, non_blocking=True)
+        if x.dtype != torch.uint8:
+            return x.to(p.dtype)
+        if mean is None or std is None:
+            raise ValueError("uint8 media need pixel_mean and pixel_std")
+        m = torch.tensor(mean, dtype=torch.float32, device=p.device).view(1, 3, 1, 1) * 255.0
+        s = torch.tensor(std, dtype=torch.float32, device=p.device).view(1, 3, 1, 1) * 255.0
+        return ((x.float() - m) / s).to(p.dtype)
 
     @torch.no_grad()
-    def encode_media(self, media: list[OneVisionMedia | None], chunk: int | None = None) -> list[torch.Tensor | None]:
-        """Per prompt: [n_image_tokens + n_video_tokens, hidden] (image features first), or None."""
+    def encode_media(self, media: list[OneVisionMedia | None], chunk: int | None = None,
+                     pixel_mean: tuple[float, ...] | None = None,
+                     pixel_std: tuple[float, ...] | None = None) -> list[torch.Tensor | None]:
+        """Per prompt: [n_image_tokens + n_video_tokens, hidden] (image features first), or None.
+
+        Pixels are normalized floats, or uint8 (then normalized on the device with `pixel_mean`/`pixel_std`,
+        the checkpoint's preprocessor values). `chunk` caps the crops per SigLIP call.
+        """
         crops = []
         for m in media:
             if m is not None:
@@ -127,7 +147,8 @@ class LlavaOnevisionForConditionalGeneration(nn.Module):
                 crops += [*m.images, *m.videos]
         if not crops:
             return [None] * len(media)
-        feats = self.encode_crops(torch.cat(crops), chunk).split([x.shape[0] for x in crops])
+        pixels = torch.cat([self._normalize(x, pixel_mean, pixel_std) for x in crops])
+        feats = self.encode_crops(pixels, chunk).split([x.shape[0] for x in crops])
         v, it = self.cfg.vision, iter(feats)
         out: list[torch.Tensor | None] = []
         for m in media:

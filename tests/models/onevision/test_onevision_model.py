@@ -200,3 +200,17 @@ def test_mismatched_media_raises(our_tiny_ov):
         our_tiny_ov.encode_media([OneVisionMedia(images=[torch.randn(2, 3, s, s)], image_sizes=[(500, 500)])])
     with pytest.raises(ValueError, match="<image>"):
         greedy_generate(our_tiny_ov, [[1, 2, cfg.image_token_id]], [m], max_new_tokens=2)
+
+
+def test_uint8_media_normalized_on_device(our_tiny_ov):
+    s = our_tiny_ov.cfg.vision.image_size
+    g = torch.Generator().manual_seed(3)
+    raw = [torch.randint(0, 256, (1, 3, s, s), generator=g, dtype=torch.uint8) for _ in range(2)]
+    vid = torch.randint(0, 256, (4, 3, s, s), generator=g, dtype=torch.uint8)
+    as_float = [(x.float() / 255.0 - 0.5) / 0.5 for x in raw]
+    a = our_tiny_ov.encode_media([OneVisionMedia(raw, [(10, 20), (30, 5)], [vid])], pixel_mean=(0.5,) * 3,
+                                 pixel_std=(0.5,) * 3)[0]
+    b = our_tiny_ov.encode_media([OneVisionMedia(as_float, [(10, 20), (30, 5)], [(vid.float() / 255 - 0.5) / 0.5])])[0]
+    assert torch.allclose(a, b, atol=1e-5)
+    with pytest.raises(ValueError, match="pixel_mean"):
+        our_tiny_ov.encode_media([OneVisionMedia(raw, [(10, 20), (30, 5)])])
