@@ -32,7 +32,7 @@ from models.onevision import anyres
 from models.onevision.config import OneVisionConfig
 
 # PIL resample codes as stored in preprocessor configs -> torch interpolate modes (antialiased).
-_RESAMPLE = {2: "bilinear", 3: "bicubic"}
+RESAMPLE_MODES = {2: "bilinear", 3: "bicubic"}
 
 
 @dataclass(frozen=True)
@@ -96,7 +96,7 @@ def read_preprocessor_config(path: Path) -> dict:
         raise CheckpointError(f"cannot read {path}: {e}") from e
     if not cfg.get("do_resize", True):
         raise CheckpointError(f"{path}: do_resize=false is not supported")
-    if int(cfg.get("resample", 3)) not in _RESAMPLE:
+    if int(cfg.get("resample", 3)) not in RESAMPLE_MODES:
         raise CheckpointError(f"{path}: resample {cfg.get('resample')} is not supported")
     return cfg
 
@@ -110,7 +110,7 @@ def square_size(cfg: dict) -> int:
 class OneVisionImageProcessor:
     def __init__(self, cfg: dict, model_cfg: OneVisionConfig):
         self.size = square_size(cfg)
-        self.mode = _RESAMPLE[int(cfg.get("resample", 3))]
+        self.mode = RESAMPLE_MODES[int(cfg.get("resample", 3))]
         mean = list(cfg.get("image_mean", [0.5, 0.5, 0.5]))
         std = list(cfg.get("image_std", [0.5, 0.5, 0.5]))
         self.normalize = Normalizer(mean, std, float(cfg.get("rescale_factor", 1 / 255)),
