@@ -50,6 +50,7 @@ class GraphedStep:
         torch.cuda.current_stream().wait_stream(stream)
         torch.cuda.synchronize()
 
+    @torch.inference_mode()
     def __call__(self, n: int) -> torch.Tensor:
         b = self.bucket(n)
         if not self.enabled:

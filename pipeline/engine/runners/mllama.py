@@ -114,6 +114,7 @@ class MllamaRunner:
         hidden = lm(ids, positions, SlotPrefill(self.cache, slot_ids, self.scale), cross)
         return self.model.logits(hidden[rows, lens - 1])
 
+    @torch.inference_mode()
     def decode(self, batch: int) -> torch.Tensor:
         """One token for slots [0, batch) from the static `tokens`/`positions` buffers -> logits [batch, V]."""
         lm = self.model.language_model.model

@@ -75,6 +75,7 @@ class OneVisionRunner:
         last = torch.tensor([len(p) - 1 for p in prompts], device=self.device)
         return self.model.logits(hidden[torch.arange(n, device=self.device), last])
 
+    @torch.inference_mode()
     def decode(self, batch: int) -> torch.Tensor:
         """One token for slots [0, batch) from the static `tokens`/`positions` buffers -> logits [batch, V]."""
         positions = self.positions[:batch]
