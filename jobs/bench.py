@@ -118,6 +118,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--max-num-seqs", type=int, default=256)
     ap.add_argument("--max-prefill-requests", type=int, default=16)
+    ap.add_argument("--max-prefill-tokens", type=int, default=8192, help="token budget of one prefill batch")
     ap.add_argument("--hf-images", type=int, default=64)
     ap.add_argument("--hf-batch", type=int, default=32)
     ap.add_argument("--skip-hf", action="store_true")
@@ -141,7 +142,8 @@ def main(argv: list[str] | None = None) -> None:
 
     model = build_ours(ckpt, torch.bfloat16)
     cfg = EngineConfig(max_num_seqs=args.max_num_seqs, max_model_len=len(max(prompt_ids, key=len)) + args.new_tokens
-                       + 8, max_prefill_requests=args.max_prefill_requests, cuda_graphs=not args.no_cuda_graphs)
+                       + 8, max_prefill_requests=args.max_prefill_requests,
+                       max_prefill_tokens=args.max_prefill_tokens, cuda_graphs=not args.no_cuda_graphs)
     torch.cuda.reset_peak_memory_stats()
     runner = make_runner(model, cfg, ckpt, torch.device("cuda"), codec.tokenizer.pad_id or 0)
     t0 = time.perf_counter()

@@ -1,0 +1,59 @@
+"""LLaVA-OneVision's per-row CPU preparation and the compact form its media travel in (see media_codec.py).
+
+A row carries one image or one video (the `image` / `video` cells; both present is a prompt with an
+image and a video). Images become anyres uint8 crops (base first) plus the original size; videos are
+decoded with PyAV (`--num-frames` uniformly sampled frames, default from the checkpoint's video processor)
+and resized to uint8 frames. The rendered prompt's single `<image>` / `<video>` placeholders are expanded
+to the exact feature counts on the CPU, so the engine can size the request before the GPU sees it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from models.media import load_image
+from models.onevision.config import OneVisionConfig
+from models.onevision.image_processor import OneVisionImageProcessor
+from models.onevision.processor import expand_media_tokens
+from models.onevision.video_processor import OneVisionVideoProcessor
+from models.video import decode_video
+from pipeline.media_codec import BaseCodec, pack, unpack_arrays
+
+
+class OneVisionCodec(BaseCodec):
+    def __init__(self, model_dir, config):
+        super().__init__(model_dir, config)
+        self.model_config = OneVisionConfig.from_dir(self.model_dir)
+        self.images = OneVisionImageProcessor.from_dir(self.model_dir)
+        self.videos = OneVisionVideoProcessor.from_dir(self.model_dir)
+        self.num_frames = config.num_frames or self.videos.num_frames
+
+    def prepare(self, row: dict) -> tuple[list[int], bytes]:
+        image_bytes, video_bytes = self.media_cells(row)
+        arrays: dict[str, np.ndarray] = {}
+        image_tokens, video_tokens = [], []
+        if image_bytes is not None:
+            img = self.images.preprocess(load_image(image_bytes), uint8=True)
+            arrays.update(image=img.pixel_values, image_size=np.array(img.image_size, dtype=np.int64))
+            image_tokens.append(img.num_tokens)
+        if video_bytes is not None:
+            frames = decode_video(video_bytes, self.num_frames).frames
+            arrays["video"] = self.videos.preprocess(frames, uint8=True)
+            video_tokens.append(self.videos.num_tokens(len(frames)))
+        ids = self.prompt_ids(row, len(image_tokens), len(video_tokens))
+        ids = expand_media_tokens(ids, image_tokens, video_tokens, self.model_config.image_token_id,
+                                  self.model_config.video_token_id)
+        return ids, pack(**arrays)
+
+    def unpack(self, batch: dict, i: int):
+        from models.onevision.model import OneVisionMedia
+
+        a = unpack_arrays(batch["media"][i])
+        media = OneVisionMedia()
+        if "image" in a:
+            media.images.append(torch.from_numpy(a["image"]))
+            media.image_sizes.append(tuple(int(x) for x in a["image_size"]))
+        if "video" in a:
+            media.videos.append(torch.from_numpy(a["video"]))
+        return media
