@@ -118,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--max-num-seqs", type=int, default=256)
     ap.add_argument("--max-prefill-requests", type=int, default=16)
-    ap.add_argument("--max-prefill-tokens", type=int, default=8192, help="token budget of one prefill batch")
+    ap.add_argument("--max-prefill-tokens", type=int, default=16384, help="token budget of one prefill batch")
     ap.add_argument("--hf-images", type=int, default=64)
     ap.add_argument("--hf-batch", type=int, default=32)
     ap.add_argument("--skip-hf", action="store_true")

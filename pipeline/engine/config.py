@@ -10,7 +10,7 @@ class EngineConfig:
     max_num_seqs: int = 256  # upper bound on concurrent sequences (KV slots); memory may allow fewer
     max_model_len: int = 1024  # prompt + generated tokens per sequence
     max_images_per_request: int = 1
-    max_prefill_tokens: int = 8192  # token budget of one admission (prefill) batch
+    max_prefill_tokens: int = 16384  # token budget of one admission (prefill) batch (OV-7B: 8.08 -> 8.45 img/s vs 8192)
     max_prefill_requests: int = 32  # also bounds the vision encoder's batch
     gpu_memory_utilization: float = 0.90
     activation_reserve_gb: float = 8.0  # kept free for prefill/vision activations when sizing the KV cache
