@@ -12,6 +12,8 @@ Contract:
   target dtype, and each tensor is copied in as it is read, so host memory never holds the checkpoint twice.
 - A parameter may carry `param.weight_loader(param, slice_)` to read only part of a tensor (tensor
   parallelism); `slice_` is the safetensors lazy slice, so unread bytes never leave the file.
+  The module owning a parameter may instead define `load_shard(leaf, param, slice_)` and
+  `full_shape(leaf)` (ops/parallel.py): module hooks survive `to_empty`, which replaces parameter objects.
 - Afterwards `finalize` rebuilds non-persistent buffers (modules defining `reset_buffers()`, e.g. rope
   tables, kept in fp32) and lets modules defining `fuse_weights()` fuse their projections.
 """
@@ -58,8 +60,19 @@ def expected_tensors(model: nn.Module) -> dict[str, torch.Size]:
     out = {}
     for name, p in model.named_parameters():
         if name not in tied:
-            out[name] = torch.Size(full_shape(name, p)) if full_shape else p.shape
+            owner, leaf = _owner(model, name)
+            if full_shape:
+                out[name] = torch.Size(full_shape(name, p))
+            elif hasattr(owner, "full_shape"):
+                out[name] = torch.Size(owner.full_shape(leaf))
+            else:
+                out[name] = p.shape
     return out
+
+
+def _owner(model: nn.Module, name: str) -> tuple[nn.Module, str]:
+    module, _, leaf = name.rpartition(".")
+    return model.get_submodule(module), leaf
 
 
 def _header_shapes(files: dict[str, Path]) -> dict[str, tuple[int, ...]]:
@@ -114,8 +127,11 @@ def load_checkpoint(model: nn.Module, ckpt_dir: str | Path, *, dtype: torch.dtyp
                 for name in by_file[path]:
                     param = params[name]
                     loader = getattr(param, "weight_loader", None)
+                    owner, leaf = _owner(model, name)
                     if loader is not None:
                         loader(param, f.get_slice(name))
+                    elif hasattr(owner, "load_shard"):
+                        owner.load_shard(leaf, param, f.get_slice(name))
                     else:
                         param.copy_(f.get_tensor(name))
     tie_weights(model)

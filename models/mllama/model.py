@@ -7,6 +7,10 @@
 - `prepare` / `step` / `kv_cache_spec`: the hooks of models/generate.py's eager generate.
 
 Media for a batch row is `MllamaImages` (its images' processor outputs) or None for a text-only prompt.
+
+Tensor parallelism: pass `tp` (ops/parallel.ParallelContext) to shard the language model (see
+models/mllama/text.py); the vision tower and the projector are replicated on every rank, and every rank
+returns the full logits.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from models.mllama.cross_mask import cross_attention_inputs, image_spans, last_t
 from models.mllama.text import CrossAttentionInputs, MllamaForCausalLM
 from models.mllama.vision import MllamaVisionModel
 from ops.attention import SelfAttention
+from ops.parallel import SINGLE, ParallelContext
 
 
 @dataclass
@@ -43,18 +48,19 @@ class MllamaImages:
 class MllamaForConditionalGeneration(nn.Module):
     config_class = MllamaConfig
 
-    def __init__(self, cfg: MllamaConfig):
+    def __init__(self, cfg: MllamaConfig, tp: ParallelContext = SINGLE):
         super().__init__()
-        self.cfg = cfg
+        self.cfg, self.tp = cfg, tp
         self.vision_model = MllamaVisionModel(cfg.vision)
         self.multi_modal_projector = nn.Linear(cfg.vision.vision_output_dim, cfg.text.hidden_size)
-        self.language_model = MllamaForCausalLM(cfg.text)
+        self.language_model = MllamaForCausalLM(cfg.text, tp)
 
     @classmethod
     def from_pretrained(cls, path: str | Path, *, dtype: torch.dtype = torch.bfloat16,
-                        device: torch.device | str = "cpu") -> MllamaForConditionalGeneration:
+                        device: torch.device | str = "cpu",
+                        tp: ParallelContext = SINGLE) -> MllamaForConditionalGeneration:
         with torch.device("meta"):
-            model = cls(MllamaConfig.from_dir(path))
+            model = cls(MllamaConfig.from_dir(path), tp)
         return load_checkpoint(model, path, dtype=dtype, device=device).eval()
 
     def encode_images(self, pixel_values: torch.Tensor, aspect_ratio_ids: torch.Tensor,
@@ -68,8 +74,8 @@ class MllamaForConditionalGeneration(nn.Module):
 
     # --- hooks for models/generate.py -------------------------------------------------------------
     def kv_cache_spec(self) -> tuple[int, int, int]:
-        t = self.cfg.text
-        return self.language_model.model.num_self_attention_layers, t.num_key_value_heads, t.head_dim
+        lm = self.language_model.model
+        return lm.num_self_attention_layers, lm.kv_heads, self.cfg.text.head_dim
 
     def prepare(self, batch: PaddedBatch, media: list[MllamaImages | None] | None) -> CrossAttentionInputs | None:
         media = media or [None] * len(batch.left_pad)

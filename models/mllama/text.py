@@ -12,6 +12,11 @@ Cross-attention semantics, as the reference computes them:
 - a batch row without any image (`has_image` = 0) is left untouched by cross-attention layers, exactly as
   the reference skips those layers for a text-only batch; this keeps one row's result independent of
   what else is in the batch and needs no host-side branch.
+
+Tensor parallelism (`tp`: ops/parallel.ParallelContext, default tp=1): attention projections are split by
+heads (KV heads replicated when tp exceeds their count), MLPs by intermediate features, the embedding and
+lm_head by vocabulary rows; o_proj/down_proj all-reduce. `heads`/`kv_heads` are then this rank's counts,
+and so are the cross-attention K/V heads. Norms and gates are replicated.
 """
 
 from __future__ import annotations
@@ -27,6 +32,15 @@ from ops.activations import activation, silu_mul
 from ops.attention import SelfAttention, attention
 from ops.fusion import fuse_linears
 from ops.norms import RMSNorm
+from ops.parallel import (
+    SINGLE,
+    ColumnParallelLinear,
+    ParallelContext,
+    ParallelLMHead,
+    RowParallelLinear,
+    VocabParallelEmbedding,
+    head_shard,
+)
 from ops.rope import RotaryEmbedding, apply_rope
 
 
@@ -38,12 +52,22 @@ class CrossAttentionInputs:
     has_image: torch.Tensor  # [B, 1, 1] 1 where the batch row has an image
 
 
+def _attention_projections(module: nn.Module, cfg: MllamaTextConfig, tp: ParallelContext) -> None:
+    """q/k/v (column-parallel by heads, KV replicated past their count) and o_proj (row-parallel)."""
+    d, hd = cfg.hidden_size, cfg.head_dim
+    module.q_proj = ColumnParallelLinear.heads(d, cfg.num_attention_heads, hd, ctx=tp)
+    module.k_proj = ColumnParallelLinear.heads(d, cfg.num_key_value_heads, hd, ctx=tp, replicate=True)
+    module.v_proj = ColumnParallelLinear.heads(d, cfg.num_key_value_heads, hd, ctx=tp, replicate=True)
+    module.o_proj = RowParallelLinear(cfg.num_attention_heads * hd, d, ctx=tp, cols=module.q_proj.rows)
+    module.heads, module.kv_heads, module.head_dim = module.q_proj.local_heads, module.k_proj.local_heads, hd
+
+
 class TextMLP(nn.Module):
-    def __init__(self, cfg: MllamaTextConfig):
+    def __init__(self, cfg: MllamaTextConfig, tp: ParallelContext = SINGLE):
         super().__init__()
-        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+        self.gate_proj = ColumnParallelLinear(cfg.hidden_size, cfg.intermediate_size, ctx=tp)
+        self.up_proj = ColumnParallelLinear(cfg.hidden_size, cfg.intermediate_size, ctx=tp)
+        self.down_proj = RowParallelLinear(cfg.intermediate_size, cfg.hidden_size, ctx=tp)
         self.act_name = cfg.hidden_act
         self.act = activation(cfg.hidden_act)
         self.gate_up = None  # fused [2I, d] weight once loaded (gate/up weights become views of it)
@@ -59,15 +83,10 @@ class TextMLP(nn.Module):
 
 
 class TextSelfAttention(nn.Module):
-    def __init__(self, cfg: MllamaTextConfig, cache_index: int):
+    def __init__(self, cfg: MllamaTextConfig, cache_index: int, tp: ParallelContext = SINGLE):
         super().__init__()
-        self.heads, self.kv_heads, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
         self.cache_index = cache_index
-        d = cfg.hidden_size
-        self.q_proj = nn.Linear(d, self.heads * self.head_dim, bias=False)
-        self.k_proj = nn.Linear(d, self.kv_heads * self.head_dim, bias=False)
-        self.v_proj = nn.Linear(d, self.kv_heads * self.head_dim, bias=False)
-        self.o_proj = nn.Linear(self.heads * self.head_dim, d, bias=False)
+        _attention_projections(self, cfg, tp)
         self.qkv, self.qkv_sizes = None, None  # fused projection once loaded
 
     def fuse_weights(self) -> None:
@@ -88,14 +107,9 @@ class TextSelfAttention(nn.Module):
 
 
 class TextCrossAttention(nn.Module):
-    def __init__(self, cfg: MllamaTextConfig):
+    def __init__(self, cfg: MllamaTextConfig, tp: ParallelContext = SINGLE):
         super().__init__()
-        self.heads, self.kv_heads, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
-        d = cfg.hidden_size
-        self.q_proj = nn.Linear(d, self.heads * self.head_dim, bias=False)
-        self.k_proj = nn.Linear(d, self.kv_heads * self.head_dim, bias=False)
-        self.v_proj = nn.Linear(d, self.kv_heads * self.head_dim, bias=False)
-        self.o_proj = nn.Linear(self.heads * self.head_dim, d, bias=False)
+        _attention_projections(self, cfg, tp)
         self.q_norm = RMSNorm(self.head_dim, eps=cfg.rms_norm_eps)
         self.k_norm = RMSNorm(self.head_dim, eps=cfg.rms_norm_eps)
 
@@ -114,10 +128,10 @@ class TextCrossAttention(nn.Module):
 
 
 class SelfAttentionDecoderLayer(nn.Module):
-    def __init__(self, cfg: MllamaTextConfig, cache_index: int):
+    def __init__(self, cfg: MllamaTextConfig, cache_index: int, tp: ParallelContext = SINGLE):
         super().__init__()
-        self.self_attn = TextSelfAttention(cfg, cache_index)
-        self.mlp = TextMLP(cfg)
+        self.self_attn = TextSelfAttention(cfg, cache_index, tp)
+        self.mlp = TextMLP(cfg, tp)
         self.input_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
 
@@ -127,13 +141,13 @@ class SelfAttentionDecoderLayer(nn.Module):
 
 
 class CrossAttentionDecoderLayer(nn.Module):
-    def __init__(self, cfg: MllamaTextConfig, layer_idx: int):
+    def __init__(self, cfg: MllamaTextConfig, layer_idx: int, tp: ParallelContext = SINGLE):
         super().__init__()
         self.layer_idx = layer_idx
-        self.cross_attn = TextCrossAttention(cfg)
+        self.cross_attn = TextCrossAttention(cfg, tp)
         self.input_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
         self.cross_attn_attn_gate = nn.Parameter(torch.zeros(1))
-        self.mlp = TextMLP(cfg)
+        self.mlp = TextMLP(cfg, tp)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
         self.cross_attn_mlp_gate = nn.Parameter(torch.zeros(1))
 
@@ -148,20 +162,21 @@ class CrossAttentionDecoderLayer(nn.Module):
 
 
 class MllamaTextModel(nn.Module):
-    def __init__(self, cfg: MllamaTextConfig):
+    def __init__(self, cfg: MllamaTextConfig, tp: ParallelContext = SINGLE):
         super().__init__()
         self.cfg = cfg
         # 8 extra rows: the image token and reserved ids live past the tokenizer's vocabulary.
-        self.embed_tokens = nn.Embedding(cfg.vocab_size + 8, cfg.hidden_size)
+        self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size + 8, cfg.hidden_size, ctx=tp)
         layers, n_self = [], 0
         for i in range(cfg.num_hidden_layers):
             if i in cfg.cross_attention_layers:
-                layers.append(CrossAttentionDecoderLayer(cfg, i))
+                layers.append(CrossAttentionDecoderLayer(cfg, i, tp))
             else:
-                layers.append(SelfAttentionDecoderLayer(cfg, n_self))
+                layers.append(SelfAttentionDecoderLayer(cfg, n_self, tp))
                 n_self += 1
         self.layers = nn.ModuleList(layers)
         self.num_self_attention_layers = n_self
+        self.kv_heads = head_shard(cfg.num_key_value_heads, tp, replicate=True)[1]  # this rank's KV heads
         self.norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
         self.rotary_emb = RotaryEmbedding(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
 
@@ -181,7 +196,7 @@ class MllamaTextModel(nn.Module):
 class MllamaForCausalLM(nn.Module):
     """The `language_model` subtree of the checkpoint: decoder + lm_head (vocab rows only)."""
 
-    def __init__(self, cfg: MllamaTextConfig):
+    def __init__(self, cfg: MllamaTextConfig, tp: ParallelContext = SINGLE):
         super().__init__()
-        self.model = MllamaTextModel(cfg)
-        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.model = MllamaTextModel(cfg, tp)
+        self.lm_head = ParallelLMHead(cfg.hidden_size, cfg.vocab_size, ctx=tp)

@@ -1,0 +1,221 @@
+"""One tensor-parallel replica: `tp` processes under torch.distributed, the calling process driving.
+
+    with Replica.start(2, "pipeline.engine.distributed:ModelShard", (ckpt_dir, "float32")) as replica:
+        tokens = replica.call("apply", "models.generate:greedy_generate", prompts, media, max_new_tokens=8)
+
+Contract:
+- The calling process is rank 0 (the engine, the Ray actor); ranks 1..tp-1 are spawned processes
+  (multiprocessing "spawn", daemonic, so they never outlive a cleanly exiting driver).
+- Rendezvous: rank 0 opens a TCPStore on 127.0.0.1 port 0, so the OS picks a free port at run time and
+  several replicas share a node without colliding (no bind-then-release race). Process groups are built
+  as objects (`ProcessGroupGloo` on the CPU, `ProcessGroupNCCL` on GPUs, rank r on `cuda:devices[r]`) and
+  handed around inside an `ops.parallel.ParallelContext`: no default group, no global state.
+- `factory` ("package.module:attr" or "/path/to/file.py:attr") is called as `factory(ctx, *args)` on every
+  rank and gives that rank's local object (e.g. `ModelShard`, its shard of a model).
+- `call(method, *args, **kwargs)`: rank 0 broadcasts the call, every rank runs `getattr(local, method)` on
+  the same arguments (lockstep: the collectives inside line up), rank 0's result is returned. Arguments
+  travel pickled; keep tensors in them on the CPU.
+- Failure: a rank that raises prints its traceback and exits with status 1; rank 0 then raises
+  `RankDiedError` naming the rank, its pid and exit status, at start-up or at the next call (before the
+  call if the death is already known, from inside it when a collective loses its peer). A replica that
+  raised it is finished: `shutdown()` and start another.
+- `shutdown()` (also on leaving the `with` block): workers leave their loop and exit 0; stragglers are
+  terminated after `join_timeout_s`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import importlib.util
+import multiprocessing as mp
+import os
+import sys
+import time
+import traceback
+from datetime import timedelta
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+from ops.parallel import ParallelContext
+
+HOST = "127.0.0.1"
+
+
+class RankDiedError(RuntimeError):
+    """A rank of a tensor-parallel replica exited; the replica cannot continue."""
+
+
+def resolve(spec: str) -> Any:
+    """'pkg.module:attr' or '/path/file.py:attr' -> the attribute."""
+    where, _, attr = spec.rpartition(":")
+    if where.endswith(".py"):
+        name = "_tp_factory_" + os.path.basename(where)[:-3]
+        module = sys.modules.get(name)
+        if module is None:
+            loader_spec = importlib.util.spec_from_file_location(name, where)
+            module = importlib.util.module_from_spec(loader_spec)
+            sys.modules[name] = module
+            loader_spec.loader.exec_module(module)
+    else:
+        module = importlib.import_module(where)
+    return getattr(module, attr)
+
+
+def _process_group(store: Any, rank: int, world: int, backend: str, timeout: timedelta) -> Any:
+    if backend == "gloo":
+        return dist.ProcessGroupGloo(store, rank, world, timeout)
+    if backend == "nccl":
+        opts = dist.ProcessGroupNCCL.Options()
+        opts._timeout = timeout
+        return dist.ProcessGroupNCCL(store, rank, world, opts)
+    raise ValueError(f"unknown backend {backend!r} (gloo or nccl)")
+
+
+def _worker_main(rank: int, world: int, port: int, backend: str, device: str, factory: str, args: tuple,
+                 timeout_s: float) -> None:
+    try:
+        if device.startswith("cuda"):
+            torch.cuda.set_device(device)
+        timeout = timedelta(seconds=timeout_s)
+        store = dist.TCPStore(HOST, port, world, False, timeout=timeout)
+        store.set(f"up/{rank}", str(os.getpid()))
+        ctx = ParallelContext(rank, world, _process_group(store, rank, world, backend, timeout), device)
+        local = resolve(factory)(ctx, *args)
+        ctx.all_reduce(torch.ones(1, device=device))  # ready
+        while True:
+            msg = ctx.broadcast_object(None)
+            if msg is None:
+                break
+            method, a, kw = msg
+            getattr(local, method)(*a, **kw)
+    except BaseException:
+        print(f"tensor-parallel rank {rank} failed:", file=sys.stderr)
+        traceback.print_exc()
+        sys.stderr.flush()
+        os._exit(1)
+
+
+class Replica:
+    def __init__(self, ctx: ParallelContext, local: Any, workers: list[Any], store: Any):
+        self.ctx, self.local, self.workers, self._store = ctx, local, workers, store
+        self.closed = False
+
+    @classmethod
+    def start(cls, tp: int, factory: str, args: tuple = (), *, backend: str | None = None,
+              devices: list[int] | None = None, timeout_s: float = 600.0) -> Replica:
+        if tp < 1:
+            raise ValueError("tp must be >= 1")
+        backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
+        devices = devices if devices is not None else list(range(tp))
+        device_of = [f"cuda:{devices[r]}" if backend == "nccl" else "cpu" for r in range(tp)]
+        if tp == 1:
+            return cls(ParallelContext(device=device_of[0]), resolve(factory)(ParallelContext(), *args), [], None)
+        timeout = timedelta(seconds=timeout_s)
+        store = dist.TCPStore(HOST, 0, tp, True, timeout=timeout, wait_for_workers=False)
+        spawn = mp.get_context("spawn")
+        workers = []
+        for rank in range(1, tp):
+            p = spawn.Process(target=_worker_main, name=f"tp-rank-{rank}", daemon=True,
+                              args=(rank, tp, store.port, backend, device_of[rank], factory, args, timeout_s))
+            p.start()
+            workers.append(p)
+        replica = cls(ParallelContext(0, tp, None, device_of[0]), None, workers, store)
+        try:
+            replica._wait_for_workers(timeout_s)
+            if backend == "nccl":
+                torch.cuda.set_device(device_of[0])
+            ctx = ParallelContext(0, tp, _process_group(store, 0, tp, backend, timeout), device_of[0])
+            replica.ctx = ctx
+            replica.local = resolve(factory)(ctx, *args)
+            replica._guard(lambda: ctx.all_reduce(torch.ones(1, device=ctx.device)))
+        except BaseException:
+            replica.shutdown()
+            raise
+        return replica
+
+    def _wait_for_workers(self, timeout_s: float) -> None:
+        deadline = time.monotonic() + timeout_s
+        keys = [f"up/{r}" for r in range(1, self.ctx.world_size)]
+        while not self._store.check(keys):
+            self._raise_if_dead()
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"tensor-parallel ranks did not connect within {timeout_s:.0f} s")
+            time.sleep(0.01)
+
+    def _dead(self) -> list[str]:
+        return [f"rank {r} (pid {p.pid}) exited with status {p.exitcode}"
+                for r, p in enumerate(self.workers, start=1) if p.exitcode is not None]
+
+    def _raise_if_dead(self) -> None:
+        dead = self._dead()
+        if dead:
+            raise RankDiedError("tensor-parallel replica lost a rank: " + "; ".join(dead))
+
+    def _guard(self, fn: Any) -> Any:
+        self._raise_if_dead()
+        try:
+            return fn()
+        except Exception as err:
+            # A lost peer surfaces as a backend error first; give the dead process a moment to be reaped.
+            deadline = time.monotonic() + 5.0
+            while time.monotonic() < deadline and not self._dead():
+                time.sleep(0.05)
+            if self._dead():
+                raise RankDiedError("tensor-parallel replica lost a rank: " + "; ".join(self._dead())) from err
+            raise
+
+    def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
+        """Run `local.method(*args, **kwargs)` on every rank in lockstep; rank 0's result."""
+        if self.closed:
+            raise RuntimeError("replica is shut down")
+
+        def run():
+            self.ctx.broadcast_object((method, args, kwargs))
+            return getattr(self.local, method)(*args, **kwargs)
+
+        return self._guard(run) if self.workers else getattr(self.local, method)(*args, **kwargs)
+
+    @property
+    def worker_pids(self) -> list[int]:
+        return [p.pid for p in self.workers]
+
+    def shutdown(self, join_timeout_s: float = 30.0) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        if self.workers and not self._dead() and self.ctx.group is not None:
+            with contextlib.suppress(Exception):  # a rank is gone; the others are terminated below
+                self.ctx.broadcast_object(None)
+        for p in self.workers:
+            p.join(join_timeout_s)
+            if p.exitcode is None:
+                p.terminate()
+                p.join(5.0)
+
+    def __enter__(self) -> Replica:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.shutdown()
+
+
+class ModelShard:
+    """A rank's shard of a checkpoint's model (registry architecture), loaded shard by shard."""
+
+    def __init__(self, ctx: ParallelContext, ckpt_dir: str, dtype: str = "bfloat16"):
+        from models.registry import architecture, model_class
+
+        cls = model_class(architecture(ckpt_dir))
+        kwargs = {"tp": ctx} if ctx.world_size > 1 else {}
+        self.ctx = ctx
+        self.model = cls.from_pretrained(ckpt_dir, dtype=getattr(torch, dtype), device=ctx.device, **kwargs)
+
+    def kv_cache_spec(self) -> tuple[int, int, int]:
+        return self.model.kv_cache_spec()
+
+    def apply(self, fn: str, *args: Any, **kwargs: Any) -> Any:
+        """`fn(model, *args, **kwargs)` for a function named 'module:attr' (e.g. models.generate's)."""
+        return resolve(fn)(self.model, *args, **kwargs)
