@@ -84,7 +84,7 @@ def config_from_args(args: argparse.Namespace) -> JobConfig:
         print(f"[caption] no --model/--input given: running the demo on {DEMO_INPUT} with the bundled "
               f"tiny model (random weights, gibberish captions) -> {out}", flush=True)
         values.update(model=str(DEMO_MODEL), input=str(DEMO_INPUT), output=out, overwrite=True,
-                      max_new_tokens=values.get("max_new_tokens", 16), max_model_len=2048)
+                      max_new_tokens=values.get("max_new_tokens", 16), max_model_len=8192)
     missing = [k for k in ("model", "input", "output") if not values.get(k)]
     if missing:
         raise SystemExit(f"caption.py: missing --{' --'.join(missing)} (or run with no arguments for the demo)")

@@ -43,14 +43,15 @@ class CaptionProcessor:
         ds = ds.map_batches(PreprocessStage, fn_constructor_args=(c,), batch_size=8, num_cpus=1,
                             compute=ray.data.ActorPoolStrategy(min_size=lo, max_size=hi))
         gpus = c.tp if _gpu_available() else 0
+        # The GPU stage and the postprocess tasks reserve no CPU: on a small (or CPU-only) cluster an
+        # autoscaled preprocess pool could otherwise take every CPU and leave them unschedulable forever.
         ds = ds.map_batches(
-            GenerateStage, fn_constructor_args=(c,), batch_size=c.batch_size, num_gpus=gpus,
-            num_cpus=0 if gpus else 1,
+            GenerateStage, fn_constructor_args=(c,), batch_size=c.batch_size, num_gpus=gpus, num_cpus=0,
             compute=ray.data.ActorPoolStrategy(size=c.replicas, max_tasks_in_flight_per_actor=c.batches_in_flight),
             max_concurrency=c.batches_in_flight, max_restarts=-1, max_task_retries=-1)
         model_name = c.model.rstrip("/").rsplit("/", 1)[-1]
         schema = self.schema
-        return ds.map_batches(lambda b: to_output_table(b, model_name, schema), batch_format="numpy")
+        return ds.map_batches(lambda b: to_output_table(b, model_name, schema), batch_format="numpy", num_cpus=0)
 
 
 def _drop_ids(table: pa.Table, done: pa.Array) -> pa.Table:

@@ -102,7 +102,7 @@ class GenerateStage:
         ids = batch["id"]
         futures: list[Future | None] = []
         for i in range(len(ids)):
-            if batch["error"][i] is not None:
+            if isinstance(batch["error"][i], str):  # an all-null column may arrive as NaNs, not Nones
                 futures.append(None)
                 continue
             media = self.codec.unpack(batch, i)
@@ -112,7 +112,7 @@ class GenerateStage:
         out = {k: batch[k] for k in batch if k in ("id", "error", "num_prompt_tokens") or k.startswith("keep__")}
         out["text"] = np.array([r.text if r else None for r in results], dtype=object)
         out["finish_reason"] = np.array([r.finish_reason if r else "error" for r in results], dtype=object)
-        out["error"] = np.array([(r.error if r else batch["error"][i]) for i, r in enumerate(results)], dtype=object)
+        out["error"] = np.array([r.error if r else batch["error"][i] for i, r in enumerate(results)], dtype=object)
         out["num_generated_tokens"] = np.array([r.num_generated_tokens if r else 0 for r in results], dtype=np.int32)
         out["gpu_batch_seconds"] = np.full(len(ids), time.perf_counter() - t0)
         return out

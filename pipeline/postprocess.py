@@ -8,13 +8,18 @@ import pyarrow as pa
 from pipeline.schema import BASE_NAMES
 
 
+def _strings(values) -> pa.Array:
+    """Ray may hand an all-null object column over as float NaNs: anything that is not a str is null."""
+    return pa.array([v if isinstance(v, str) else None for v in values], pa.string())
+
+
 def to_output_table(batch: dict[str, np.ndarray], model_name: str, schema: pa.Schema) -> pa.Table:
     n = len(batch["id"])
     cols = {
         "id": pa.array([str(x) for x in batch["id"]], pa.string()),
-        "text": pa.array(list(batch["text"]), pa.string()),
-        "finish_reason": pa.array(list(batch["finish_reason"]), pa.string()),
-        "error": pa.array(list(batch["error"]), pa.string()),
+        "text": _strings(batch["text"]),
+        "finish_reason": _strings(batch["finish_reason"]),
+        "error": _strings(batch["error"]),
         "num_prompt_tokens": pa.array(batch["num_prompt_tokens"].astype(np.int32), pa.int32()),
         "num_generated_tokens": pa.array(batch["num_generated_tokens"].astype(np.int32), pa.int32()),
         "model": pa.array([model_name] * n, pa.string()),
