@@ -15,10 +15,13 @@ Contract:
 - `call(method, *args, **kwargs)`: rank 0 broadcasts the call, every rank runs `getattr(local, method)` on
   the same arguments (lockstep: the collectives inside line up), rank 0's result is returned. Arguments
   travel pickled; keep tensors in them on the CPU.
-- Failure: a rank that raises prints its traceback and exits with status 1; rank 0 then raises
-  `RankDiedError` naming the rank, its pid and exit status, at start-up or at the next call (before the
-  call if the death is already known, from inside it when a collective loses its peer). A replica that
-  raised it is finished: `shutdown()` and start another.
+- Failure: an exception inside a call does not break the lockstep: after every call the ranks sum an
+  error flag (one tiny all-reduce). If rank 0 raised, its exception propagates (a bad input fails the
+  same way everywhere, so the replica stays usable); if only other ranks raised, the ranks' states may
+  differ and rank 0 raises `RankFailedError` (the replica is then finished). A rank that dies (or fails at
+  start-up) makes rank 0 raise `RankDiedError` naming the rank, its pid and exit status, at start-up or at
+  the next call (before the call if the death is already known, from inside it when a collective loses
+  its peer). After either error: `shutdown()` and start another replica.
 - `shutdown()` (also on leaving the `with` block): workers leave their loop and exit 0; stragglers are
   terminated after `join_timeout_s`.
 """
@@ -46,6 +49,14 @@ HOST = "127.0.0.1"
 
 class RankDiedError(RuntimeError):
     """A rank of a tensor-parallel replica exited; the replica cannot continue."""
+
+
+class RankFailedError(RuntimeError):
+    """A call failed on other ranks but not on rank 0: the ranks' states may differ; restart the replica."""
+
+
+def _flag_sum(ctx: ParallelContext, failed: bool) -> int:
+    return int(ctx.all_reduce(torch.tensor([int(failed)], device=ctx.device)).item())
 
 
 def resolve(spec: str) -> Any:
@@ -90,7 +101,13 @@ def _worker_main(rank: int, world: int, port: int, backend: str, device: str, fa
             if msg is None:
                 break
             method, a, kw = msg
-            getattr(local, method)(*a, **kw)
+            try:
+                getattr(local, method)(*a, **kw)
+                failed = False
+            except Exception:  # rank 0 learns of it through the flag; see the module docstring
+                traceback.print_exc()
+                failed = True
+            _flag_sum(ctx, failed)
     except BaseException:
         print(f"tensor-parallel rank {rank} failed:", file=sys.stderr)
         traceback.print_exc()
@@ -101,7 +118,7 @@ def _worker_main(rank: int, world: int, port: int, backend: str, device: str, fa
 class Replica:
     def __init__(self, ctx: ParallelContext, local: Any, workers: list[Any], store: Any):
         self.ctx, self.local, self.workers, self._store = ctx, local, workers, store
-        self.closed = False
+        self.closed = self.broken = False
 
     @classmethod
     def start(cls, tp: int, factory: str, args: tuple = (), *, backend: str | None = None,
@@ -112,7 +129,8 @@ class Replica:
         devices = devices if devices is not None else list(range(tp))
         device_of = [f"cuda:{devices[r]}" if backend == "nccl" else "cpu" for r in range(tp)]
         if tp == 1:
-            return cls(ParallelContext(device=device_of[0]), resolve(factory)(ParallelContext(), *args), [], None)
+            ctx = ParallelContext(device=device_of[0])
+            return cls(ctx, resolve(factory)(ctx, *args), [], None)
         timeout = timedelta(seconds=timeout_s)
         store = dist.TCPStore(HOST, 0, tp, True, timeout=timeout, wait_for_workers=False)
         spawn = mp.get_context("spawn")
@@ -169,12 +187,20 @@ class Replica:
 
     def call(self, method: str, *args: Any, **kwargs: Any) -> Any:
         """Run `local.method(*args, **kwargs)` on every rank in lockstep; rank 0's result."""
-        if self.closed:
-            raise RuntimeError("replica is shut down")
+        if self.closed or self.broken:
+            raise RuntimeError("replica is shut down" if self.closed else "replica is broken (RankFailedError)")
 
         def run():
             self.ctx.broadcast_object((method, args, kwargs))
-            return getattr(self.local, method)(*args, **kwargs)
+            try:
+                result = getattr(self.local, method)(*args, **kwargs)
+            except Exception:
+                _flag_sum(self.ctx, True)
+                raise
+            if _flag_sum(self.ctx, False):
+                self.broken = True
+                raise RankFailedError(f"{method} failed on another rank (see its traceback); restart the replica")
+            return result
 
         return self._guard(run) if self.workers else getattr(self.local, method)(*args, **kwargs)
 

@@ -30,10 +30,11 @@ class MllamaRunner:
         text, vision = model.cfg.text, model.cfg.vision
         self.scale = text.head_dim**-0.5
         self.tiles, self.tokens_per_tile = vision.max_num_tiles, vision.num_patches
+        kv_heads = model.language_model.model.kv_heads  # this rank's under tensor parallelism
         self.cache = SlotKVCache(model.language_model.model.num_self_attention_layers, num_slots,
-                                 text.num_key_value_heads, max_len, text.head_dim, self.dtype, self.device)
+                                 kv_heads, max_len, text.head_dim, self.dtype, self.device)
         vis_len = max_images * self.tiles * self.tokens_per_tile
-        shape = (num_slots, text.num_key_value_heads, vis_len, text.head_dim)
+        shape = (num_slots, kv_heads, vis_len, text.head_dim)
         z = dict(dtype=self.dtype, device=self.device)
         self.cross_kv = {i: (torch.zeros(shape, **z), torch.zeros(shape, **z)) for i in text.cross_attention_layers}
         self.cross_mask = torch.zeros(num_slots, 1, 1, vis_len, **z)
@@ -47,9 +48,10 @@ class MllamaRunner:
     @staticmethod
     def slot_bytes(model: MllamaForConditionalGeneration, max_len: int, max_images: int, dtype: torch.dtype) -> int:
         text, vision = model.cfg.text, model.cfg.vision
+        kv_heads = model.language_model.model.kv_heads
         self_kv = SlotKVCache.bytes_per_slot(model.language_model.model.num_self_attention_layers,
-                                             text.num_key_value_heads, max_len, text.head_dim, dtype)
-        cross = SlotKVCache.bytes_per_slot(len(text.cross_attention_layers), text.num_key_value_heads,
+                                             kv_heads, max_len, text.head_dim, dtype)
+        cross = SlotKVCache.bytes_per_slot(len(text.cross_attention_layers), kv_heads,
                                            max_images * vision.max_num_tiles * vision.num_patches, text.head_dim, dtype)
         return self_kv + cross
 

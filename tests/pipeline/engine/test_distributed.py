@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from pipeline.engine.distributed import RankDiedError, Replica
+from pipeline.engine.distributed import RankDiedError, RankFailedError, Replica
 
 ECHO = f"{Path(__file__).with_name('tp_factories.py')}:Echo"
 
@@ -42,6 +42,19 @@ def test_rank_exiting_inside_a_call_is_reported():
     with Replica.start(2, ECHO, backend="gloo", timeout_s=60) as rep, \
             pytest.raises(RankDiedError, match="rank 1 .* exited with status 3"):
         rep.call("die_on", 1)
+
+
+def test_exceptions_keep_lockstep_or_mark_the_replica_broken():
+    with Replica.start(2, ECHO, backend="gloo", timeout_s=60) as rep:
+        with pytest.raises(ValueError, match="failure on rank 0"):
+            rep.call("fail_on", 0)  # rank 0's own error (rank 1 succeeded): the replica goes on
+        assert rep.call("rank_sum", 1.0) == 3.0
+        with pytest.raises(RankFailedError, match="fail_on failed on another rank"):
+            rep.call("fail_on", 1)
+        with pytest.raises(RuntimeError, match="broken"):
+            rep.call("rank_sum", 1.0)
+        workers = rep.workers
+    assert [p.exitcode for p in workers] == [0]
 
 
 def test_killed_rank_is_reported_at_the_next_call():

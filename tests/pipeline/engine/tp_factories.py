@@ -26,6 +26,11 @@ class Echo:
     def pid(self) -> int:
         return os.getpid()
 
+    def fail_on(self, rank: int) -> float:
+        if self.ctx.rank == rank:
+            raise ValueError(f"failure on rank {rank}")
+        return 1.0
+
     def die_on(self, rank: int) -> float:
         if self.ctx.rank == rank:
             os._exit(3)
