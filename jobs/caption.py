@@ -100,7 +100,14 @@ def main(argv: list[str] | None = None) -> int:
 
     ray.init(address=os.environ.get("RAY_ADDRESS"), ignore_reinit_error=True,
              runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}} if "RAY_ADDRESS" not in os.environ else None)
-    summary = run_job(config)
+    from models.errors import InputError
+    from pipeline.sink import ConfigMismatchError
+
+    try:
+        summary = run_job(config)
+    except (ConfigMismatchError, InputError) as exc:  # the user's to fix: a clear message, not a traceback
+        print(f"caption.py: error: {exc}", file=sys.stderr, flush=True)
+        return 2
     if config.model == str(DEMO_MODEL):
         import pyarrow.dataset as pds
 

@@ -1,0 +1,210 @@
+"""The Ray Data pipeline end to end on a local Ray (CPU, tiny checkpoints): Parquet in -> Parquet out.
+
+- both models: one output row per input row, ids exactly once, texts equal to what the engine gives on
+  the same prepared inputs directly;
+- a bad-input corpus of 13 kinds mixed with good rows: every bad row is an error row with its typed
+  reason, every good row is captioned, the summary counts them;
+- a GPU-stage actor that dies (`os._exit`) mid-job: the job completes, every id exactly once.
+"""
+
+from __future__ import annotations
+
+import io
+import struct
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pds
+import pyarrow.parquet as pq
+import pytest
+import ray
+from PIL import Image
+
+from ops.sampling import SamplingParams
+from pipeline.builder import run_job
+from pipeline.engine.builder import build_engine
+from pipeline.engine.config import EngineConfig
+from pipeline.engine.request import Request
+from pipeline.job_config import JobConfig
+from pipeline.media_codec import codec_for
+
+DEMO_MEDIA = Path(__file__).resolve().parents[2] / "demo" / "media"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def local_ray():
+    ray.init(num_cpus=2, include_dashboard=False, logging_level="warning")
+    yield
+    ray.shutdown()
+
+
+def jpeg(h: int, w: int, seed: int, mode: str = "RGB", fmt: str = "JPEG") -> bytes:
+    rng = np.random.default_rng(seed)
+    img = Image.fromarray(rng.integers(0, 256, (h, w, 3), dtype=np.uint8)).convert(mode)
+    buf = io.BytesIO()
+    img.save(buf, fmt)
+    return buf.getvalue()
+
+
+def png_16bit(h: int, w: int) -> bytes:
+    img = Image.fromarray((np.arange(h * w, dtype=np.uint16).reshape(h, w) * 97).astype(np.uint16))
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def png_bomb(side: int = 100_000) -> bytes:
+    """A tiny PNG whose header declares side x side pixels."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    ihdr = struct.pack(">IIBBBBB", side, side, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def audio_only(path: Path) -> bytes:
+    import av
+
+    with av.open(str(path), "w", format="mp4") as out:
+        stream = out.add_stream("aac", rate=16000)
+        stream.layout = "mono"
+        samples = np.zeros((1, 1024), dtype=np.float32)
+        for i in range(8):
+            frame = av.AudioFrame.from_ndarray(samples, format="fltp", layout="mono")
+            frame.sample_rate, frame.pts = 16000, i * 1024
+            for packet in stream.encode(frame):
+                out.mux(packet)
+        for packet in stream.encode(None):
+            out.mux(packet)
+    return path.read_bytes()
+
+
+def write_parquet(path: Path, rows: list[dict]) -> str:
+    schema = pa.schema([("id", pa.string()), ("image", pa.binary()), ("video", pa.binary()),
+                        ("question", pa.string())])
+    full = [{k: r.get(k) for k in schema.names} for r in rows]
+    pq.write_table(pa.Table.from_pylist(full, schema=schema), path)
+    return str(path)
+
+
+def read_output(uri: str) -> dict[str, dict]:
+    rows = pds.dataset(uri, format="parquet").to_table().to_pylist()
+    ids = [r["id"] for r in rows]
+    assert len(ids) == len(set(ids)), "an id was written twice"
+    return {r["id"]: r for r in rows}
+
+
+def engine_texts(config: JobConfig, rows: list[dict]) -> dict[str, str]:
+    """What the engine gives for these rows directly, on the inputs the CPU stage prepares."""
+    codec = codec_for(config.model, config)
+    engine = build_engine(config.model, EngineConfig(max_num_seqs=config.max_num_seqs,
+                                                     max_model_len=config.max_model_len, dtype="float32",
+                                                     cuda_graphs=False), device="cpu")
+    params = SamplingParams(max_new_tokens=config.max_new_tokens)
+    requests = []
+    for row in rows:
+        ids, blob = codec.prepare(row)
+        requests.append(Request(row["id"], ids, codec.unpack({"media": [blob]}, 0), params))
+    return {c.request_id: c.text for c in engine.generate(requests)}
+
+
+def job(model: Path, input_uri: str, output: Path, **kw) -> JobConfig:
+    base = dict(model=str(model), input=input_uri, output=str(output), max_new_tokens=6, max_model_len=2048,
+                max_num_seqs=8, batch_size=4, preprocess_actors=(1, 1), progress_interval_s=1.0, num_frames=4)
+    return JobConfig(**{**base, **kw})
+
+
+def test_mllama_parquet_to_parquet_equals_engine(tiny_mllama_dir, tmp_path):
+    rows = [{"id": f"m{i}", "image": jpeg(20 + 13 * i, 90 - 5 * i, seed=i)} for i in range(10)]
+    config = job(tiny_mllama_dir, write_parquet(tmp_path / "in.parquet", rows), tmp_path / "out")
+    summary = run_job(config)
+    out = read_output(config.output)
+    assert set(out) == {r["id"] for r in rows} and summary["rows_written"] == len(rows)
+    want = engine_texts(config, rows)
+    for r in rows:
+        got = out[r["id"]]
+        assert got["error"] is None and got["finish_reason"] in ("stop", "length")
+        assert got["text"] == want[r["id"]], r["id"]
+        assert got["model"] == tiny_mllama_dir.name and got["num_prompt_tokens"] > 0
+
+
+def test_onevision_images_and_videos_equal_engine(tiny_ov_dir, tmp_path):
+    rows = [{"id": f"i{i}", "image": jpeg(30 + 40 * i, 200 - 25 * i, seed=10 + i)} for i in range(6)]
+    rows += [{"id": f"v{i}", "video": p.read_bytes()} for i, p in enumerate(sorted(DEMO_MEDIA.glob("*.mp4")))]
+    config = job(tiny_ov_dir, write_parquet(tmp_path / "in.parquet", rows), tmp_path / "out")
+    run_job(config)
+    out = read_output(config.output)
+    assert set(out) == {r["id"] for r in rows}
+    want = engine_texts(config, rows)
+    for r in rows:
+        assert out[r["id"]]["error"] is None, out[r["id"]]["error"]
+        assert out[r["id"]]["text"] == want[r["id"]], r["id"]
+    video_tokens = [out[r["id"]]["num_prompt_tokens"] for r in rows if r["id"].startswith("v")]
+    assert len(video_tokens) == 2 and all(n > 4 * 16 for n in video_tokens)  # 4 frames of 16 pooled tokens
+
+
+def test_bad_input_corpus(tiny_ov_dir, tmp_path):
+    good_jpeg = jpeg(60, 80, seed=1)
+    html = tmp_path / "page.jpg"
+    html.write_text("<!doctype html><html><body>404 not found</body></html>")
+    video = (DEMO_MEDIA / "clip_9frames.mp4").read_bytes()
+    q = "Describe this."
+    rows = [
+        # good rows, including the odd-but-valid images
+        {"id": "good_jpeg", "image": good_jpeg}, {"id": "good_video", "video": video},
+        {"id": "one_pixel", "image": jpeg(1, 1, seed=2, fmt="PNG")}, {"id": "png16", "image": png_16bit(40, 50)},
+        {"id": "cmyk", "image": jpeg(50, 40, seed=3, mode="CMYK")},
+        # bad rows -> (expected error kind)
+        {"id": "truncated_jpeg", "image": good_jpeg[: len(good_jpeg) // 2]},
+        {"id": "random_bytes", "image": np.random.default_rng(0).bytes(3000)},
+        {"id": "zero_bytes", "image": b""},
+        {"id": "bomb", "image": png_bomb()},
+        {"id": "truncated_mp4", "video": video[: len(video) // 3]},
+        {"id": "audio_only", "video": audio_only(tmp_path / "audio.mp4")},
+        {"id": "null_cell"},
+        {"id": "long_prompt", "image": good_jpeg, "question": "word " * 9000},
+    ]
+    rows += [{"id": "html_as_jpg", "image": html}, {"id": "missing_path", "image": tmp_path / "nope.jpg"}]
+    # Here the image column holds paths (videos stay bytes): every image is written to a file first.
+    for r in rows:
+        r.setdefault("question", q)
+        if isinstance(r.get("image"), bytes):
+            (tmp_path / f"{r['id']}.img").write_bytes(r["image"])
+            r["image"] = tmp_path / f"{r['id']}.img"
+        if r.get("image") is not None:
+            r["image"] = str(r["image"])
+    (tmp_path / "in").mkdir()
+    schema = pa.schema([("id", pa.string()), ("image", pa.string()), ("video", pa.binary()), ("question", pa.string())])
+    pq.write_table(pa.Table.from_pylist([{k: r.get(k) for k in schema.names} for r in rows], schema=schema),
+                   tmp_path / "in" / "corpus.parquet")
+    config = job(tiny_ov_dir, str(tmp_path / "in"), tmp_path / "out", prompt=None, prompt_column="question")
+    summary = run_job(config)
+    out = read_output(config.output)
+    expected = {"truncated_jpeg": "decode_error", "random_bytes": "decode_error", "zero_bytes": "decode_error",
+                "bomb": "too_large", "truncated_mp4": ("video_error", "decode_error"), "audio_only": "video_error",
+                "null_cell": "missing_media", "long_prompt": "too_long", "html_as_jpg": "decode_error",
+                "missing_path": "missing_media"}
+    assert set(out) == {r["id"] for r in rows}
+    for rid, kind in expected.items():
+        row = out[rid]
+        kinds = kind if isinstance(kind, tuple) else (kind,)
+        assert row["finish_reason"] == "error" and row["text"] is None, rid
+        assert row["error"].split(":")[0] in kinds, (rid, row["error"])
+    for rid in ("good_jpeg", "good_video", "one_pixel", "png16", "cmyk"):
+        assert out[rid]["error"] is None and out[rid]["finish_reason"] in ("stop", "length"), (rid, out[rid]["error"])
+    assert summary["finish_reasons"]["error"] == len(expected)
+    assert sum(summary["error_types"].values()) == len(expected)
+
+
+def test_gpu_actor_killed_mid_job_every_id_once(tiny_mllama_dir, tmp_path):
+    rows = [{"id": f"k{i}", "image": jpeg(30 + i, 40, seed=100 + i)} for i in range(16)]
+    marker = tmp_path / "died"
+    config = job(tiny_mllama_dir, write_parquet(tmp_path / "in.parquet", rows), tmp_path / "out",
+                 fault_injection={"gpu_exit_on_batch": 2, "marker": str(marker)})
+    run_job(config)
+    assert marker.exists(), "the fault was not injected"
+    out = read_output(config.output)
+    assert set(out) == {r["id"] for r in rows}
+    assert all(r["error"] is None for r in out.values())
