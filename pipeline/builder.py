@@ -40,6 +40,10 @@ class CaptionProcessor:
     def __call__(self, ds: ray.data.Dataset) -> ray.data.Dataset:
         c = self.config
         lo, hi = c.preprocess_actors
+        # Small input files are read as one big block, and an actor stage emits a block only when it has
+        # processed all of it: without this, a job's first output (and its first committed part file,
+        # i.e. what a crash can keep) would wait for the whole input. Streaming, not a shuffle.
+        ds = ds.repartition(target_num_rows_per_block=c.batch_size)
         ds = ds.map_batches(PreprocessStage, fn_constructor_args=(c,), batch_size=8, num_cpus=1,
                             compute=ray.data.ActorPoolStrategy(min_size=lo, max_size=hi))
         gpus = c.tp if _gpu_available() else 0

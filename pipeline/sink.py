@@ -42,13 +42,21 @@ class OutputSink:
     def _path(self, name: str) -> str:
         return posixpath.join(self.root, name)
 
+    def _listing(self) -> list[str]:
+        """Entries under the output root; an object store has no empty "directory" before the first write."""
+        try:
+            self.fs.invalidate_cache(self.root)
+            return self.fs.ls(self.root, detail=False)
+        except FileNotFoundError:
+            return []
+
     def parts(self) -> list[str]:
-        return sorted(p for p in self.fs.ls(self.root, detail=False)
+        return sorted(p for p in self._listing()
                       if posixpath.basename(p).startswith("part-") and p.endswith("." + self.fmt))
 
     def prepare(self, config: JobConfig) -> set[str]:
         """Check/record the fingerprint; return ids already written (empty when starting fresh)."""
-        for p in self.fs.ls(self.root, detail=False):
+        for p in self._listing():
             if posixpath.basename(p).startswith(".tmp-"):
                 self.fs.rm(p)
         job_path = self._path(JOB_FILE)

@@ -1,0 +1,171 @@
+"""`jobs/caption.py` as users run it, in subprocesses (each starts its own local Ray):
+
+- no arguments: the demo on the bundled media with the bundled model prints where the output went;
+- a job killed mid-way and re-run with the same command finishes the rest, every id exactly once; a
+  re-run with a different prompt is refused (exit 2) unless --overwrite;
+- S3 in and out on a moto server started here (random local port, dummy credentials for this test only);
+- `ray start --head` + `ray job submit --working-dir .` end to end (marked `cluster`).
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pds
+import pyarrow.parquet as pq
+import pytest
+from PIL import Image
+
+ROOT = Path(__file__).resolve().parents[2]
+CAPTION = ROOT / "jobs" / "caption.py"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def images_parquet(path: Path, n: int, files: int = 1) -> Path:
+    """n JPEG rows in one file at `path`, or split over `files` files in a directory `path`."""
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(n):
+        buf = io.BytesIO()
+        Image.fromarray(rng.integers(0, 256, (30 + i, 50, 3), dtype=np.uint8)).save(buf, "JPEG")
+        rows.append({"id": f"r{i:03d}", "image": buf.getvalue()})
+    table = pa.Table.from_pylist(rows)
+    if files == 1:
+        pq.write_table(table, path)
+        return path
+    path.mkdir()
+    step = -(-n // files)
+    for k in range(files):
+        pq.write_table(table.slice(k * step, step), path / f"shard-{k:03d}.parquet")
+    return path
+
+
+def output_ids(uri: str, **fs) -> list[str]:
+    return pds.dataset(uri, format="parquet", **fs).to_table(columns=["id"]).column("id").to_pylist()
+
+
+def run_cli(*args: str, env: dict | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, str(CAPTION), *args], capture_output=True, text=True, timeout=timeout,
+                          env={**os.environ, **(env or {})}, cwd=ROOT)
+
+
+def test_demo_runs_with_no_arguments(tmp_path):
+    # --output only moves where the demo writes; everything else is the no-argument demo.
+    proc = run_cli("--output", str(tmp_path / "demo"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "running the demo" in proc.stdout and str(tmp_path / "demo") in proc.stdout
+    ids = output_ids(str(tmp_path / "demo"))
+    media = sorted(p for p in (ROOT / "demo" / "media").iterdir() if p.is_file())
+    assert sorted(ids) == sorted(str(p) for p in media)
+
+
+def test_killed_job_resumes_without_duplicates_and_config_change_is_refused(tiny_mllama_dir, tmp_path):
+    n = 160  # enough work that the first part file lands well before the end
+    data = images_parquet(tmp_path / "in", n, files=20)  # many shards: output streams back shard by shard
+    out = tmp_path / "out"
+    cfg = tmp_path / "job.yaml"
+    cfg.write_text(f"model: {tiny_mllama_dir}\ninput: {data}\noutput: {out}\nmax_new_tokens: 16\n"
+                   "max_model_len: 512\nbatch_size: 4\nrows_per_file: 4\nprogress_interval_s: 1\n")
+    cmd = [sys.executable, str(CAPTION), "--config", str(cfg)]
+    first = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+    deadline = time.monotonic() + 240
+    while time.monotonic() < deadline and first.poll() is None:
+        if any(p.name.startswith("part-") for p in out.glob("part-*")):
+            break
+        time.sleep(0.2)
+    killed = first.poll() is None
+    if killed:
+        os.killpg(first.pid, signal.SIGKILL)  # the driver and its local Ray die mid-job
+        first.wait()
+    partial = output_ids(str(out))
+    assert partial, "no part file was committed before the kill"
+    if killed:
+        assert len(partial) < n
+
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    ids = output_ids(str(out))
+    assert sorted(ids) == [f"r{i:03d}" for i in range(n)]  # all rows, none twice
+    assert f"skipped (already written) {len(partial)}" in proc.stdout
+
+    refused = run_cli("--config", str(cfg), "--prompt", "Something else entirely.")
+    assert refused.returncode == 2 and "--overwrite" in refused.stderr
+    redo = run_cli("--config", str(cfg), "--prompt", "Something else entirely.", "--overwrite", "--limit", "8")
+    assert redo.returncode == 0, redo.stderr[-3000:]
+    assert len(output_ids(str(out))) == 8
+
+
+@pytest.fixture
+def moto_s3():
+    from moto.server import ThreadedMotoServer
+
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_EC2_METADATA_DISABLED": "true"}
+    yield env
+    server.stop()
+
+
+def test_s3_in_and_out(tiny_mllama_dir, tmp_path, moto_s3):
+    import s3fs
+
+    fs = s3fs.S3FileSystem(key="testing", secret="testing", endpoint_url=moto_s3["AWS_ENDPOINT_URL"])
+    fs.mkdir("bucket")
+    fs.put(str(images_parquet(tmp_path / "in.parquet", 12)), "bucket/in/data.parquet")
+    proc = run_cli("--model", str(tiny_mllama_dir), "--input", "s3://bucket/in/", "--output", "s3://bucket/out",
+                   "--max-new-tokens", "4", "--max-model-len", "512", "--batch-size", "4", env=moto_s3)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "testing" not in proc.stdout + proc.stderr  # credentials are never logged
+    fs.invalidate_cache()
+    parts = [p for p in fs.ls("bucket/out") if p.rsplit("/", 1)[-1].startswith("part-")]
+    assert parts
+    tables = [pq.read_table(io.BytesIO(fs.cat(p))) for p in parts]
+    ids = [i for t in tables for i in t.column("id").to_pylist()]
+    assert sorted(ids) == [f"r{i:03d}" for i in range(12)]
+    assert all(e is None for t in tables for e in t.column("error").to_pylist())
+
+
+@pytest.mark.cluster
+def test_ray_start_head_and_job_submit(tiny_mllama_dir, tmp_path):
+    ray_bin = Path(sys.executable).with_name("ray")
+    gcs, dash = free_port(), free_port()
+    # Ray >= 2.5x clusters started by `ray start` require a token: give the cluster and the client the same one.
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=os.urandom(16).hex())
+    temp = Path("/tmp") / f"rt{os.getpid()}"  # short: Ray's socket paths must fit in 107 bytes
+    start = subprocess.run([str(ray_bin), "start", "--head", f"--port={gcs}", f"--dashboard-port={dash}",
+                            "--num-cpus=2", "--include-dashboard=true", f"--temp-dir={temp}",
+                            "--disable-usage-stats"], capture_output=True, text=True, timeout=180, env=env)
+    try:
+        assert start.returncode == 0, start.stderr[-3000:]
+        data = images_parquet(tmp_path / "in.parquet", 6)
+        submit = subprocess.run(
+            [str(ray_bin), "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--working-dir", str(ROOT),
+             "--runtime-env-json", '{"excludes": [".venv", ".git", "demo/model", "*.egg-info"]}', "--",
+             sys.executable, "jobs/caption.py", "--model", str(tiny_mllama_dir), "--input", str(data),
+             "--output", str(tmp_path / "out"), "--max-new-tokens", "4", "--max-model-len", "512"],
+            capture_output=True, text=True, timeout=400, env=env)
+        assert submit.returncode == 0, (submit.stdout + submit.stderr)[-4000:]
+        assert "succeeded" in submit.stdout.lower()
+        assert sorted(output_ids(str(tmp_path / "out"))) == [f"r{i:03d}" for i in range(6)]
+    finally:
+        subprocess.run([str(ray_bin), "stop", "--force"], capture_output=True, timeout=120, env=env)
+        shutil.rmtree(temp, ignore_errors=True)
