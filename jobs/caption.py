@@ -54,6 +54,7 @@ def parser() -> argparse.ArgumentParser:
     gen.add_argument("--top-k", type=int, help="0 = off (default)")
     gen.add_argument("--seed", type=int, help="per-row seed base for reproducible sampling")
     gen.add_argument("--stop", nargs="*", help="stop strings (output is cut before them)")
+    gen.add_argument("--ignore-eos", action="store_true", help="always generate --max-new-tokens (benchmarks)")
     gen.add_argument("--num-frames", type=int, help="frames sampled per video (default: the checkpoint's)")
     rt = p.add_argument_group("runtime")
     rt.add_argument("--tp", type=int, help="GPUs per model replica (tensor parallel), default 1")
@@ -63,8 +64,13 @@ def parser() -> argparse.ArgumentParser:
     rt.add_argument("--max-model-len", type=int, help="prompt + generated tokens per sequence, default 4096")
     rt.add_argument("--max-num-seqs", type=int, help="max concurrent sequences per replica, default 256")
     rt.add_argument("--gpu-memory-utilization", type=float, help="fraction of GPU memory to use, default 0.9")
-    rt.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_const", const=False)
+    rt.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_const", const=False,
+                    help="run the decode step eagerly (debugging; slower)")
     rt.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], help="default bfloat16")
+    rt.add_argument("--max-prefill-requests", type=int, help="requests admitted per prefill batch (also the "
+                    "vision encoder's batch), default 32")
+    rt.add_argument("--random-weights", action="store_true", help="benchmark/dry run: random weights at the "
+                    "checkpoint's shapes (needs only config.json + tokenizer/processor files); gibberish output")
     rt.add_argument("--allow-http", action="store_true", help="allow http(s) media URLs (bounded fetches)")
     rt.add_argument("--progress-interval", dest="progress_interval_s", type=float, help="seconds, default 5")
     return p

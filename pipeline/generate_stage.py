@@ -76,10 +76,12 @@ class GenerateStage:
         engine_cfg = EngineConfig(max_num_seqs=config.max_num_seqs, max_model_len=config.max_model_len,
                                   gpu_memory_utilization=config.gpu_memory_utilization, cuda_graphs=config.cuda_graphs,
                                   dtype=config.dtype if torch.cuda.is_available() else "float32",
-                                  max_images_per_request=self.codec.max_images_per_request)
-        self.engine = EngineThread(build_engine(Path(config.model), engine_cfg))
+                                  max_images_per_request=self.codec.max_images_per_request,
+                                  max_prefill_requests=config.max_prefill_requests)
+        self.engine = EngineThread(build_engine(Path(config.model), engine_cfg, random_weights=config.random_weights))
         self.sampling = SamplingParams(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
-                                       top_p=config.top_p, top_k=config.top_k, seed=config.seed, stop=config.stop)
+                                       top_p=config.top_p, top_k=config.top_k, seed=config.seed, stop=config.stop,
+                                       ignore_eos=config.ignore_eos)
         self.batches = 0
         self.lock = threading.Lock()
 

@@ -48,6 +48,9 @@ class JobConfig:
     rows_per_file: int = 10000
     progress_interval_s: float = 5.0
     limit: int | None = None
+    ignore_eos: bool = False  # benchmarks: always generate max_new_tokens
+    random_weights: bool = False  # benchmarks / dry runs: random weights at the config's shapes, no checkpoint read
+    max_prefill_requests: int = 32
     fault_injection: dict = field(default_factory=dict)  # tests only: {"gpu_exit_on_batch": k, "marker": path}
 
     def __post_init__(self):
@@ -61,7 +64,8 @@ class JobConfig:
 
     def fingerprint(self) -> str:
         keys = ("model", "prompt", "prompt_column", "messages_column", "image_column", "video_column", "max_new_tokens",
-                "temperature", "top_p", "top_k", "seed", "stop", "num_frames", "dtype")
+                "temperature", "top_p", "top_k", "seed", "stop", "num_frames", "dtype", "random_weights",
+                "ignore_eos")
         blob = json.dumps({k: getattr(self, k) for k in keys}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 

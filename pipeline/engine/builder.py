@@ -65,10 +65,14 @@ def make_runner(model, config: EngineConfig, ckpt_dir: Path, device: torch.devic
 
 
 def build_engine(ckpt_dir: str | Path, config: EngineConfig | None = None, device: str | None = None,
-                 model=None, tokenizer=None) -> Engine:
+                 model=None, tokenizer=None, random_weights: bool = False) -> Engine:
     ckpt_dir = Path(ckpt_dir)
     config = config or EngineConfig()
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if model is None and random_weights:  # benchmarks: the checkpoint's shapes, no weights read
+        from models.random_weights import random_model
+
+        model = random_model(model_class(architecture(ckpt_dir)), ckpt_dir, getattr(torch, config.dtype), device)
     if model is None:
         model = model_class(architecture(ckpt_dir)).from_pretrained(
             ckpt_dir, dtype=getattr(torch, config.dtype), device=device)
