@@ -70,7 +70,8 @@ def main(argv: list[str] | None = None) -> None:
     ckpt = bench_dir(SHARED / PRESETS[args.model])
     work = Path(tempfile.mkdtemp(prefix="bench_pipeline_"))
     write_shards(work / "in", args.images, args.image_size)
-    ray.init(runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parents[1]),
+    path = os.pathsep.join(p for p in (str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")) if p)
+    ray.init(runtime_env={"env_vars": {"PYTHONPATH": path,
                                        **({k: os.environ[k] for k in ("VLMCAP_SHARED_CHECKPOINTS",)
                                            if k in os.environ})}})
     config = JobConfig(model=str(ckpt), input=str(work / "in"), output=str(work / "out"), random_weights=True,

@@ -104,8 +104,11 @@ def main(argv: list[str] | None = None) -> int:
 
     from pipeline.builder import run_job
 
+    # A local cluster's workers need the repo (and whatever the caller had) on their path; a submitted job's
+    # working dir is already there.
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
     ray.init(address=os.environ.get("RAY_ADDRESS"), ignore_reinit_error=True,
-             runtime_env={"env_vars": {"PYTHONPATH": str(ROOT)}} if "RAY_ADDRESS" not in os.environ else None)
+             runtime_env={"env_vars": {"PYTHONPATH": path}} if "RAY_ADDRESS" not in os.environ else None)
     from models.errors import InputError
     from pipeline.sink import ConfigMismatchError
 
