@@ -54,6 +54,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--max-prefill-requests", type=int, default=16)
     ap.add_argument("--batch-size", type=int, default=32)
+    ap.add_argument("--batches-in-flight", type=int, default=8, help="x batch size = requests the engine can see")
     ap.add_argument("--preprocess-actors", type=int, nargs=2, default=(4, 12))
     ap.add_argument("--max-model-len", type=int, help="default: 160 for Mllama (as jobs/bench.py sizes it), "
                     "8192 for OneVision")
@@ -77,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
     config = JobConfig(model=str(ckpt), input=str(work / "in"), output=str(work / "out"), random_weights=True,
                        prompt="Describe this image in detail.", max_new_tokens=args.new_tokens,
                        max_model_len=args.max_model_len or (160 if args.model.startswith("mllama") else 8192),
-                       batch_size=args.batch_size, batches_in_flight=4,
+                       batch_size=args.batch_size, batches_in_flight=args.batches_in_flight,
                        preprocess_actors=tuple(args.preprocess_actors), max_prefill_requests=args.max_prefill_requests,
                        stop=(), ignore_eos=True)
     ds, keep = read_input(config)
