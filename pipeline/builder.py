@@ -62,7 +62,22 @@ def _drop_ids(table: pa.Table, done: pa.Array) -> pa.Table:
     return table.filter(pc.invert(pc.is_in(table.column("id"), value_set=done)))
 
 
+def check_model(config: JobConfig) -> None:
+    """Fail before any actor starts: a GPU actor whose constructor raises is restarted forever by Ray."""
+    from models.errors import InputError
+    from models.registry import architecture
+
+    try:
+        arch = architecture(config.model)
+    except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint dir is the user's to fix
+        raise InputError(f"cannot use --model {config.model}: {exc}", kind="config_error") from None
+    if config.tp > 1 and arch != "MllamaForConditionalGeneration":
+        raise InputError(f"--tp {config.tp}: tensor parallelism is implemented for Llama-3.2-Vision only so far "
+                         f"({arch} runs with --tp 1; use --replicas for more GPUs)", kind="config_error")
+
+
 def run_job(config: JobConfig) -> dict:
+    check_model(config)
     ds, keep_types = read_input(config)
     if config.limit:
         ds = ds.limit(config.limit)

@@ -78,7 +78,15 @@ class GenerateStage:
                                   dtype=config.dtype if torch.cuda.is_available() else "float32",
                                   max_images_per_request=self.codec.max_images_per_request,
                                   max_prefill_requests=config.max_prefill_requests)
-        self.engine = EngineThread(build_engine(Path(config.model), engine_cfg, random_weights=config.random_weights))
+        if config.tp > 1:  # one process per GPU of this actor, rank 0 (here) driving them in lockstep
+            if config.random_weights:
+                raise ValueError("--random-weights is not supported with --tp > 1")
+            from pipeline.engine.tp_engine import build_tp_engine
+
+            engine, self.replica = build_tp_engine(Path(config.model), config.tp, engine_cfg)
+        else:
+            engine = build_engine(Path(config.model), engine_cfg, random_weights=config.random_weights)
+        self.engine = EngineThread(engine)
         self.sampling = SamplingParams(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
                                        top_p=config.top_p, top_k=config.top_k, seed=config.seed, stop=config.stop,
                                        ignore_eos=config.ignore_eos)
