@@ -17,10 +17,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from models.media import load_image
 
 from models.chat_template import ChatTemplate, count_media, normalize_messages, user_turn
 from models.errors import InputError, PromptError
+from models.media import load_image
 from models.registry import architecture
 from models.tokenizer import Tokenizer
 from pipeline.fetch import media_bytes
