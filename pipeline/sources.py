@@ -9,21 +9,22 @@ raised before the job starts (never a silently empty column).
 
 from __future__ import annotations
 
+import io
 import posixpath
+import tarfile
 
 import fsspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 import ray
 
+from models.errors import InputError
 from pipeline.job_config import JobConfig
 
 IMAGE_EXT = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 VIDEO_EXT = {".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v"}
 
 
-class InputError(ValueError):
-    pass
 
 
 def _kind(uri: str) -> str:
@@ -73,8 +74,10 @@ def read_input(config: JobConfig) -> tuple[ray.data.Dataset, dict[str, pa.DataTy
     if kind == "folder":
         ds = ray.data.read_binary_files(config.input, include_paths=True)
         return ds.map_batches(_folder_rows, batch_format="pyarrow"), {}
-    ds = ray.data.read_webdataset(config.input)
-    return ds.map_batches(_webdataset_rows, batch_format="pyarrow"), {}
+    # Ray's own WebDataset reader decodes images in the read task (unisolated, and the JPEG bytes are gone):
+    # read each shard as bytes and split it here, keeping media as bytes for the isolated decoder.
+    ds = ray.data.read_binary_files(config.input, file_extensions=["tar"])
+    return ds.flat_map(_tar_samples), {}
 
 
 def _rename(ds: ray.data.Dataset, config: JobConfig) -> ray.data.Dataset:
@@ -107,15 +110,22 @@ def _folder_rows(table: pa.Table) -> pa.Table:
     return pa.table({"id": paths, "image": pa.array(images, pa.binary()), "video": pa.array(videos, pa.binary())})
 
 
-def _webdataset_rows(table: pa.Table) -> pa.Table:
-    cols = table.column_names
-    ids = table.column("__key__").to_pylist()
-    img_col = next((c for c in cols if c.lower() in {e[1:] for e in IMAGE_EXT}), None)
-    vid_col = next((c for c in cols if c.lower() in {e[1:] for e in VIDEO_EXT}), None)
-    n = table.num_rows
-    out = {"id": ids,
-           "image": table.column(img_col) if img_col else pa.nulls(n, pa.binary()),
-           "video": table.column(vid_col) if vid_col else pa.nulls(n, pa.binary())}
-    if "txt" in cols:
-        out["prompt"] = table.column("txt")
-    return pa.table(out)
+def _tar_samples(row: dict) -> list[dict]:
+    """One WebDataset shard -> one row per sample key: `id` = key, the first image/video member, `txt` as
+    the per-row `prompt`."""
+    samples: dict[str, dict] = {}
+    with tarfile.open(fileobj=io.BytesIO(row["bytes"])) as tar:
+        for member in tar:
+            if not member.isfile():
+                continue
+            base = posixpath.basename(member.name)
+            key, _, ext = base.partition(".")
+            key = posixpath.join(posixpath.dirname(member.name), key)
+            sample = samples.setdefault(key, {"id": key, "image": None, "video": None, "prompt": None})
+            ext = "." + ext.lower()
+            kinds = {**dict.fromkeys(IMAGE_EXT, "image"), **dict.fromkeys(VIDEO_EXT, "video"), ".txt": "prompt"}
+            field = kinds.get(ext)
+            if field and sample.get(field) is None:
+                data = tar.extractfile(member).read()
+                sample[field] = data.decode("utf-8", "replace") if field == "prompt" else data
+    return list(samples.values())

@@ -208,3 +208,21 @@ def test_gpu_actor_killed_mid_job_every_id_once(tiny_mllama_dir, tmp_path):
     out = read_output(config.output)
     assert set(out) == {r["id"] for r in rows}
     assert all(r["error"] is None for r in out.values())
+
+
+def test_webdataset_tar_shards(tiny_mllama_dir, tmp_path):
+    import tarfile
+
+    (tmp_path / "shards").mkdir()
+    keys = [f"sample{i:03d}" for i in range(5)]
+    with tarfile.open(tmp_path / "shards" / "shard-000.tar", "w") as tar:
+        for i, key in enumerate(keys):
+            for suffix, data in ((".jpg", jpeg(30 + 9 * i, 40, seed=200 + i)), (".txt", b"a caption prompt")):
+                info = tarfile.TarInfo(key + suffix)
+                info.size = len(data)
+                tar.addfile(info, io.BytesIO(data))
+    config = job(tiny_mllama_dir, str(tmp_path / "shards"), tmp_path / "out")
+    run_job(config)
+    out = read_output(config.output)
+    assert set(out) == set(keys)
+    assert all(r["error"] is None and r["finish_reason"] in ("stop", "length") for r in out.values())
