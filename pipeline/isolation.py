@@ -64,6 +64,7 @@ class IsolatedWorker:
             ready = self.conn.poll(timeout)
             result = self.conn.recv() if ready else None
         except (EOFError, BrokenPipeError, ConnectionResetError, OSError):
+            self.proc.join(timeout=5)  # the pipe can close before the child is reaped: wait for its exit code
             code = self.proc.exitcode
             self._restart()
             raise WorkerCrashed(f"the decoder process died (exit code {code})") from None
