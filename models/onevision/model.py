@@ -16,6 +16,10 @@ Checkpoint layouts: the hub's names (`vision_tower.vision_model.*`, `language_mo
 `vision_tower.*` without the `vision_model.` level) are both accepted: `from_pretrained` looks at the
 tensor names and builds the matching SigLIP tree. With tied embeddings (0.5B) `language_model.lm_head.weight`
 is not in the checkpoint and shares `embed_tokens`' storage.
+
+Tensor parallelism: pass `tp` (ops/parallel.ParallelContext) to shard the language model (see
+models/onevision/qwen2.py); SigLIP, the projector and `image_newline` are replicated on every rank, so
+every rank computes the same media features, and every rank returns the full logits.
 """
 
 from __future__ import annotations
@@ -35,6 +39,7 @@ from models.onevision.qwen2 import Qwen2ForCausalLM
 from models.onevision.siglip import SiglipVisionModel
 from ops.activations import activation
 from ops.attention import SelfAttention
+from ops.parallel import SINGLE, ParallelContext
 
 
 @dataclass
@@ -77,13 +82,13 @@ class LlavaOnevisionMultiModalProjector(nn.Module):
 class LlavaOnevisionForConditionalGeneration(nn.Module):
     config_class = OneVisionConfig
 
-    def __init__(self, cfg: OneVisionConfig, *, flat_vision_names: bool = False):
+    def __init__(self, cfg: OneVisionConfig, tp: ParallelContext = SINGLE, *, flat_vision_names: bool = False):
         super().__init__()
-        self.cfg = cfg
+        self.cfg, self.tp = cfg, tp
         self.vision_tower = SiglipVisionModel(cfg.vision, cfg.feature_layers, flat=flat_vision_names)
         self.multi_modal_projector = LlavaOnevisionMultiModalProjector(cfg)
         self.image_newline = nn.Parameter(torch.zeros(cfg.text.hidden_size))
-        self.language_model = Qwen2ForCausalLM(cfg.text)
+        self.language_model = Qwen2ForCausalLM(cfg.text, tp)
         self.tied_weights = ({"language_model.lm_head.weight": "language_model.model.embed_tokens.weight"}
                              if cfg.text.tie_word_embeddings else {})
 
@@ -94,10 +99,11 @@ class LlavaOnevisionForConditionalGeneration(nn.Module):
 
     @classmethod
     def from_pretrained(cls, path: str | Path, *, dtype: torch.dtype = torch.bfloat16,
-                        device: torch.device | str = "cpu") -> LlavaOnevisionForConditionalGeneration:
+                        device: torch.device | str = "cpu",
+                        tp: ParallelContext = SINGLE) -> LlavaOnevisionForConditionalGeneration:
         flat = cls.has_flat_vision_names(checkpoint_files(path))
         with torch.device("meta"):
-            model = cls(OneVisionConfig.from_dir(path), flat_vision_names=flat)
+            model = cls(OneVisionConfig.from_dir(path), tp, flat_vision_names=flat)
         return load_checkpoint(model, path, dtype=dtype, device=device).eval()
 
     # --- vision -----------------------------------------------------------------------------------
@@ -186,7 +192,7 @@ class LlavaOnevisionForConditionalGeneration(nn.Module):
     # --- hooks for models/generate.py -------------------------------------------------------------
     def kv_cache_spec(self) -> tuple[int, int, int]:
         t = self.cfg.text
-        return t.num_hidden_layers, t.num_key_value_heads, t.head_dim
+        return t.num_hidden_layers, self.language_model.model.kv_heads, t.head_dim
 
     def prepare(self, batch: PaddedBatch, media: list[OneVisionMedia | None] | None) -> torch.Tensor:
         """inputs_embeds [B, S, hidden] of the left-padded prompts, media features in place."""

@@ -9,6 +9,12 @@ the engine), keyed by the layer index.
 image/video features scattered in), plus positions [B, S]; it returns the final-norm hidden states.
 When `tie_word_embeddings` is set, `lm_head.weight` is not a checkpoint tensor: the owning model declares
 it tied to `embed_tokens.weight` (see models/loader.py).
+
+Tensor parallelism (`tp`: ops/parallel.ParallelContext, default tp=1, where every module computes what the
+plain `nn.Linear` / `nn.Embedding` does): q/k/v are split by heads (biases with them; KV heads replicated
+when tp exceeds their count), o_proj and down_proj are row-parallel (one all-reduce each), gate/up split
+by intermediate features, embed_tokens and lm_head by vocabulary rows. The two share one row partition,
+so a tied lm_head simply uses this rank's embedding shard. `heads`/`kv_heads` are this rank's counts.
 """
 
 from __future__ import annotations
@@ -22,15 +28,24 @@ from ops.activations import activation, silu_mul
 from ops.attention import SelfAttention
 from ops.fusion import fuse_linears
 from ops.norms import RMSNorm
+from ops.parallel import (
+    SINGLE,
+    ColumnParallelLinear,
+    ParallelContext,
+    ParallelLMHead,
+    RowParallelLinear,
+    VocabParallelEmbedding,
+    head_shard,
+)
 from ops.rope import RotaryEmbedding, apply_rope
 
 
 class Qwen2MLP(nn.Module):
-    def __init__(self, cfg: Qwen2Config):
+    def __init__(self, cfg: Qwen2Config, tp: ParallelContext = SINGLE):
         super().__init__()
-        self.gate_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
-        self.up_proj = nn.Linear(cfg.hidden_size, cfg.intermediate_size, bias=False)
-        self.down_proj = nn.Linear(cfg.intermediate_size, cfg.hidden_size, bias=False)
+        self.gate_proj = ColumnParallelLinear(cfg.hidden_size, cfg.intermediate_size, ctx=tp)
+        self.up_proj = ColumnParallelLinear(cfg.hidden_size, cfg.intermediate_size, ctx=tp)
+        self.down_proj = RowParallelLinear(cfg.intermediate_size, cfg.hidden_size, ctx=tp)
         self.act_name = cfg.hidden_act
         self.act = activation(cfg.hidden_act)
         self.gate_up = None  # fused [2I, d] weight once loaded
@@ -46,15 +61,15 @@ class Qwen2MLP(nn.Module):
 
 
 class Qwen2Attention(nn.Module):
-    def __init__(self, cfg: Qwen2Config, layer_idx: int):
+    def __init__(self, cfg: Qwen2Config, layer_idx: int, tp: ParallelContext = SINGLE):
         super().__init__()
-        self.heads, self.kv_heads, self.head_dim = cfg.num_attention_heads, cfg.num_key_value_heads, cfg.head_dim
         self.layer_idx = layer_idx
-        d = cfg.hidden_size
-        self.q_proj = nn.Linear(d, self.heads * self.head_dim, bias=True)
-        self.k_proj = nn.Linear(d, self.kv_heads * self.head_dim, bias=True)
-        self.v_proj = nn.Linear(d, self.kv_heads * self.head_dim, bias=True)
-        self.o_proj = nn.Linear(self.heads * self.head_dim, d, bias=False)
+        d, hd = cfg.hidden_size, cfg.head_dim
+        self.q_proj = ColumnParallelLinear.heads(d, cfg.num_attention_heads, hd, bias=True, ctx=tp)
+        self.k_proj = ColumnParallelLinear.heads(d, cfg.num_key_value_heads, hd, bias=True, ctx=tp, replicate=True)
+        self.v_proj = ColumnParallelLinear.heads(d, cfg.num_key_value_heads, hd, bias=True, ctx=tp, replicate=True)
+        self.o_proj = RowParallelLinear(cfg.num_attention_heads * hd, d, ctx=tp, cols=self.q_proj.rows)
+        self.heads, self.kv_heads, self.head_dim = self.q_proj.local_heads, self.k_proj.local_heads, hd
         self.qkv, self.qkv_bias, self.qkv_sizes = None, None, None  # fused projection once loaded
 
     def fuse_weights(self) -> None:
@@ -75,10 +90,10 @@ class Qwen2Attention(nn.Module):
 
 
 class Qwen2DecoderLayer(nn.Module):
-    def __init__(self, cfg: Qwen2Config, layer_idx: int):
+    def __init__(self, cfg: Qwen2Config, layer_idx: int, tp: ParallelContext = SINGLE):
         super().__init__()
-        self.self_attn = Qwen2Attention(cfg, layer_idx)
-        self.mlp = Qwen2MLP(cfg)
+        self.self_attn = Qwen2Attention(cfg, layer_idx, tp)
+        self.mlp = Qwen2MLP(cfg, tp)
         self.input_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
 
@@ -88,11 +103,12 @@ class Qwen2DecoderLayer(nn.Module):
 
 
 class Qwen2Model(nn.Module):
-    def __init__(self, cfg: Qwen2Config):
+    def __init__(self, cfg: Qwen2Config, tp: ParallelContext = SINGLE):
         super().__init__()
         self.cfg = cfg
-        self.embed_tokens = nn.Embedding(cfg.vocab_size, cfg.hidden_size)
-        self.layers = nn.ModuleList(Qwen2DecoderLayer(cfg, i) for i in range(cfg.num_hidden_layers))
+        self.embed_tokens = VocabParallelEmbedding(cfg.vocab_size, cfg.hidden_size, ctx=tp)
+        self.layers = nn.ModuleList(Qwen2DecoderLayer(cfg, i, tp) for i in range(cfg.num_hidden_layers))
+        self.kv_heads = head_shard(cfg.num_key_value_heads, tp, replicate=True)[1]  # this rank's KV heads
         self.norm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
         self.rotary_emb = RotaryEmbedding(cfg.head_dim, cfg.rope_theta, cfg.rope_scaling)
 
@@ -110,11 +126,11 @@ class Qwen2Model(nn.Module):
 class Qwen2ForCausalLM(nn.Module):
     """The `language_model` subtree of the checkpoint: decoder + lm_head."""
 
-    def __init__(self, cfg: Qwen2Config):
+    def __init__(self, cfg: Qwen2Config, tp: ParallelContext = SINGLE):
         super().__init__()
         self.cfg = cfg
-        self.model = Qwen2Model(cfg)
-        self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
+        self.model = Qwen2Model(cfg, tp)
+        self.lm_head = ParallelLMHead(cfg.hidden_size, cfg.vocab_size, ctx=tp)
 
     def reset_buffers(self) -> None:
         """Re-tie after materialisation: `to_empty` unshares parameters, and random-weight models

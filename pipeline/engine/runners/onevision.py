@@ -31,7 +31,8 @@ class OneVisionRunner:
         self.device, self.dtype = p.device, p.dtype
         text = model.cfg.text
         self.scale = text.head_dim**-0.5
-        self.cache = SlotKVCache(text.num_hidden_layers, num_slots, text.num_key_value_heads, max_len,
+        kv_heads = model.language_model.model.kv_heads  # this rank's under tensor parallelism
+        self.cache = SlotKVCache(text.num_hidden_layers, num_slots, kv_heads, max_len,
                                  text.head_dim, self.dtype, self.device)
         self.tokens = torch.zeros(num_slots, dtype=torch.long, device=self.device)
         self.positions = torch.zeros(num_slots, dtype=torch.long, device=self.device)
@@ -46,7 +47,8 @@ class OneVisionRunner:
     @staticmethod
     def slot_bytes(model: LlavaOnevisionForConditionalGeneration, max_len: int, dtype: torch.dtype) -> int:
         t = model.cfg.text
-        return SlotKVCache.bytes_per_slot(t.num_hidden_layers, t.num_key_value_heads, max_len, t.head_dim, dtype)
+        kv_heads = model.language_model.model.kv_heads
+        return SlotKVCache.bytes_per_slot(t.num_hidden_layers, kv_heads, max_len, t.head_dim, dtype)
 
     def check(self, prompt_ids: list[int], media: OneVisionMedia | None) -> str | None:
         """Why this request can never run here (None if it can)."""
