@@ -10,10 +10,10 @@ the cross-attention K/V of `--max-images` 4-tile images, as pipeline/engine/runn
 them) and a verdict for H100 and H200: weights + `--seqs` sequences of KV + the activation reserve must
 fit in `--utilization` of the GPU (the engine's own sizing rule, pipeline/engine/builder.py).
 
-Shapes: a model whose constructor takes `tp` (Mllama) is built once per rank on the meta device with a
-`ParallelContext(rank, tp)`, so the shapes are the module tree's own. For one that does not yet
-(OneVision), the same sharding rules (ops/parallel.py) are applied by tensor name to the tp=1 meta tree;
-`rule_shape` is checked against the real Mllama shards in tests/models/mllama/test_mllama_tp.py.
+Shapes: each rank's model is built on the meta device with a `ParallelContext(rank, tp)`, so the shapes
+are the module tree's own (both Mllama and OneVision take `tp`). `rule_shape` states the same sharding
+rules (ops/parallel.py) by tensor name; it is the fallback for a model class without a `tp` argument and
+is checked against the module trees of the 90B and 72B configs in tests/models/*/test_*_tp.py.
 """
 
 from __future__ import annotations

@@ -14,10 +14,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-import models.loader as loader
 from models.generate import greedy_generate, prompt_logits
-from models.loader import load_checkpoint
-from models.mllama.config import MllamaConfig
 from models.mllama.model import MllamaForConditionalGeneration
 from ops.parallel import ParallelContext
 from pipeline.engine.distributed import Replica
@@ -89,65 +86,12 @@ def test_tp2_matches_tp1_logits_and_greedy_tokens(kv1_dir):
     assert got_tokens == want_tokens
 
 
-class CountingOpen:
-    """safe_open stand-in counting the bytes each tensor name yields (full reads and slices)."""
-
-    def __init__(self, counts: Counter, full_reads: set):
-        self.counts, self.full_reads = counts, full_reads
-
-    def __call__(self, path, framework, device="cpu"):
-        outer = self
-
-        class File:
-            def __enter__(self):
-                self.f = safe_open(path, framework=framework, device=device).__enter__()
-                return self
-
-            def __exit__(self, *exc):
-                return self.f.__exit__(*exc)
-
-            def keys(self):
-                return self.f.keys()
-
-            def get_tensor(self, name):
-                t = self.f.get_tensor(name)
-                outer.counts[name] += t.nbytes
-                outer.full_reads.add(name)
-                return t
-
-            def get_slice(self, name):
-                inner = self.f.get_slice(name)
-
-                class Slice:
-                    def get_shape(self):
-                        return inner.get_shape()
-
-                    def __getitem__(self, idx):
-                        t = inner[idx]
-                        outer.counts[name] += t.nbytes
-                        return t
-
-                return Slice()
-
-        return File()
-
-
-def load_counting(ckpt, ctx: ParallelContext, monkeypatch) -> tuple[Counter, set, MllamaForConditionalGeneration]:
-    counts, full = Counter(), set()
-    monkeypatch.setattr(loader, "safe_open", CountingOpen(counts, full))
-    with torch.device("meta"):
-        model = MllamaForConditionalGeneration(MllamaConfig.from_dir(ckpt), ctx)
-    load_checkpoint(model, ckpt, dtype=torch.float32)
-    monkeypatch.undo()
-    return counts, full, model
-
-
-def test_each_rank_reads_only_its_shard(kv1_dir, monkeypatch):
+def test_each_rank_reads_only_its_shard(kv1_dir, shard_reads):
     with safe_open(kv1_dir / "model.safetensors", framework="pt") as f:
         sizes = {n: f.get_slice(n).get_shape() for n in f.keys()}  # noqa: SIM118
     nbytes = {n: 4 * int(torch.Size(s).numel()) for n, s in sizes.items()}
 
-    one, _, _ = load_counting(kv1_dir, ParallelContext(), monkeypatch)
+    one, _ = shard_reads(MllamaForConditionalGeneration, kv1_dir, ParallelContext())
     assert one == Counter(nbytes)  # tp=1 reads every tensor exactly once
 
     def sharded(n):  # what tp splits: text projections, MLPs, embedding, lm_head (1 KV head: k/v replicated)
@@ -159,7 +103,7 @@ def test_each_rank_reads_only_its_shard(kv1_dir, monkeypatch):
     assert any("gate_proj" in n for n in split) and any("embed_tokens" in n for n in split)
     per_rank = []
     for rank in range(2):
-        counts, full_reads, _ = load_counting(kv1_dir, ParallelContext(rank, 2), monkeypatch)
+        counts, full_reads = shard_reads(MllamaForConditionalGeneration, kv1_dir, ParallelContext(rank, 2))
         assert not full_reads & split  # no rank ever materialises a whole sharded tensor
         for n in nbytes:
             assert counts[n] == (nbytes[n] // 2 if n in split else nbytes[n]), n

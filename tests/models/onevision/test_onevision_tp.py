@@ -6,12 +6,16 @@
   (replicated on both ranks). The tiny checkpoint ties lm_head to the embedding, so tying is covered too.
 - Rank shards of a loaded checkpoint are exactly the expected rows/columns (biases included), the vision
   tower is replicated, and each rank's cache spec has its own KV head count.
+- Loading reads only the rank's shard: every slice read from safetensors is counted, per rank.
+- Real shapes: the 72B config's per-rank module trees at tp=2/4/8 on the meta device, and its memory plan
+  (scripts/tp_plan.py).
 """
 
 from __future__ import annotations
 
 import json
 import shutil
+from collections import Counter
 
 import pytest
 import torch
@@ -129,3 +133,88 @@ def test_tp_shards_hold_the_checkpoint_rows(tiny_ov_dir, kv1_dir):
             vision = [n for n in full if n.startswith("vision_tower.")]
             assert vision and all(torch.equal(p[n], full[n]) for n in vision)
             assert model.kv_cache_spec()[1] == 1
+
+
+@pytest.mark.parametrize("variant", ["kv2", "kv1"])
+def test_each_rank_reads_only_its_shard(tiny_ov_dir, kv1_dir, variant, shard_reads):
+    ckpt = tiny_ov_dir if variant == "kv2" else kv1_dir
+    with safe_open(ckpt / "model.safetensors", framework="pt") as f:
+        nbytes = {n: f.get_tensor(n).nbytes for n in f.keys()}  # noqa: SIM118  (bytes as stored)
+
+    def sharded(n: str) -> bool:  # text q/k/v (+ biases), o_proj, MLP, embedding; k/v only when there are 2 heads
+        if "language_model" not in n:
+            return False
+        if ("k_proj." in n or "v_proj." in n) and variant == "kv1":
+            return False
+        return n.endswith(("q_proj.weight", "q_proj.bias", "k_proj.weight", "k_proj.bias", "v_proj.weight",
+                           "v_proj.bias", "o_proj.weight", "gate_proj.weight", "up_proj.weight",
+                           "down_proj.weight", "embed_tokens.weight", "lm_head.weight"))
+
+    split = {n for n in nbytes if sharded(n)}
+    assert any("embed_tokens" in n for n in split) and any("down_proj" in n for n in split)
+    assert any("v_proj.bias" in n for n in split) == (variant == "kv2")
+    one, _ = shard_reads(LlavaOnevisionForConditionalGeneration, ckpt, ParallelContext())
+    assert one == Counter(nbytes)  # tp=1 reads every tensor exactly once (the tied lm_head reads nothing more)
+    for rank in range(2):
+        counts, full_reads = shard_reads(LlavaOnevisionForConditionalGeneration, ckpt, ParallelContext(rank, 2))
+        assert not full_reads & split  # no rank ever materialises a whole sharded tensor
+        assert counts == Counter({n: b // 2 if n in split else b for n, b in nbytes.items()}), rank
+
+
+# --- real shapes: scripts/tp_plan.py on the 72B config (meta device) --------------------------------------
+def tp_plan():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[3] / "scripts" / "tp_plan.py"
+    spec = importlib.util.spec_from_file_location("tp_plan_script", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("tp", [2, 4, 8])
+def test_72b_shards_have_the_expected_shapes(shared_checkpoints, tp):
+    plan = tp_plan()
+    ckpt = shared_checkpoints / "llava-onevision-qwen2-72b-ov-hf"
+    assert plan.supports_tp(ckpt)  # per-rank module trees, not name rules
+    full = plan.rank_shapes(ckpt, 1, 0)
+    att, mlp = "language_model.model.layers.0.self_attn.", "language_model.model.layers.0.mlp."
+    want = {
+        att + "q_proj.weight": (8192 // tp, 8192), att + "q_proj.bias": (8192 // tp,),
+        att + "k_proj.weight": (1024 // tp, 8192),  # 8 KV heads x 128: one per rank at tp=8
+        att + "v_proj.bias": (1024 // tp,),
+        att + "o_proj.weight": (8192, 8192 // tp),
+        mlp + "gate_proj.weight": (29568 // tp, 8192), mlp + "up_proj.weight": (29568 // tp, 8192),
+        mlp + "down_proj.weight": (8192, 29568 // tp),
+        "language_model.model.embed_tokens.weight": (152128 // tp, 8192),
+        "language_model.lm_head.weight": (152128 // tp, 8192),
+        "language_model.model.norm.weight": (8192,),
+        "multi_modal_projector.linear_1.weight": (8192, 1152),
+        "image_newline": (8192,),
+    }
+    vision = {n: s for n, s in full.items() if n.startswith("vision_tower.")}
+    assert len(vision) > 400
+    model = plan.meta_model(ckpt)
+    for rank in (0, tp - 1):
+        shapes = plan.rank_shapes(ckpt, tp, rank)
+        assert shapes.keys() == full.keys()
+        assert {k: shapes[k] for k in want} == want
+        assert {n: shapes[n] for n in vision} == vision  # the SigLIP tower is replicated
+        # the name rules (used for reports) agree with the module tree's own shards
+        ctx = ParallelContext(rank, tp)
+        assert {n: plan.rule_shape(n, tuple(p.shape), model.cfg.text, ctx)
+                for n, p in model.named_parameters()} == shapes
+
+
+def test_72b_memory_plan(shared_checkpoints, capsys):
+    plan = tp_plan()
+    ckpt = shared_checkpoints / "llava-onevision-qwen2-72b-ov-hf"
+    p = plan.plan(ckpt, 2, seqs=32, max_len=4096)
+    assert 146.3e9 < p["weights_total"] < 146.4e9  # index.json total_size: 146,363,141,184 bytes
+    assert 0.5 * p["weights_total"] < p["weights_per_rank"] < 0.51 * p["weights_total"]
+    assert p["fits"]["H200"]["fits"] and not p["fits"]["H100"]["fits"]
+    assert plan.plan(ckpt, 4)["fits"]["H100"]["fits"]
+    plan.main(["--model", str(ckpt), "--tp", "4"])
+    out = capsys.readouterr().out
+    assert "tp=4  (module tree on meta)" in out and "H100 (79.6 GiB, 90% usable): FITS" in out
