@@ -114,6 +114,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--model", choices=sorted(PRESETS), default="mllama-11b")
     ap.add_argument("--config", type=Path, help="checkpoint dir with config.json etc. (overrides --model)")
     ap.add_argument("--images", type=int, default=256)
+    ap.add_argument("--small-images", type=int, default=64, help="a second, short run: (images - small) / "
+                    "(time - small time) is the marginal rate, comparable with jobs/bench_pipeline.py's")
     ap.add_argument("--image-size", type=int, default=1120)
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--max-num-seqs", type=int, default=256)
@@ -156,7 +158,10 @@ def main(argv: list[str] | None = None) -> None:
     done, secs = timed(functools.partial(list, engine.generate(requests)))
     assert len(done) == args.images and all(c.num_generated_tokens == args.new_tokens for c in done), \
         [c.error for c in done if c.error][:3]
+    small = min(args.small_images, args.images // 2)  # the same ramp and drain, fewer rows in between
+    _, small_secs = timed(functools.partial(list, engine.generate(requests[:small])))
     ours = {"images_per_s": args.images / secs, "tokens_per_s": args.images * args.new_tokens / secs,
+            "marginal_images_per_s": (args.images - small) / (secs - small_secs),
             "decode_ms_b1": decode_step_ms(engine), "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
             "slots": runner.num_slots, "graph_capture_s": t_capture}
     print(f"ours: {ours}", flush=True)

@@ -60,7 +60,8 @@ def parser() -> argparse.ArgumentParser:
     rt.add_argument("--tp", type=int, help="GPUs per model replica (tensor parallel), default 1")
     rt.add_argument("--replicas", type=int, help="model replicas (GPU actors), default 1")
     rt.add_argument("--batch-size", type=int, help="rows per Ray batch into the GPU stage, default 64")
-    rt.add_argument("--batches-in-flight", type=int, help="Ray batches each GPU actor works on at once, default 4")
+    rt.add_argument("--batches-in-flight", type=int, help="Ray batches each GPU actor works on at once, default 8; "
+                    "keep batch size x this >= 2x the engine's slots (its '[engine]' line shows 'waiting' > 0)")
     rt.add_argument("--max-model-len", type=int, help="prompt + generated tokens per sequence, default 4096")
     rt.add_argument("--max-num-seqs", type=int, help="max concurrent sequences per replica, default 256")
     rt.add_argument("--gpu-memory-utilization", type=float, help="fraction of GPU memory to use, default 0.9")
@@ -73,6 +74,8 @@ def parser() -> argparse.ArgumentParser:
                     "checkpoint's shapes (needs only config.json + tokenizer/processor files); gibberish output")
     rt.add_argument("--allow-http", action="store_true", help="allow http(s) media URLs (bounded fetches)")
     rt.add_argument("--progress-interval", dest="progress_interval_s", type=float, help="seconds, default 5")
+    rt.add_argument("--engine-report-interval", dest="engine_report_s", type=float, help="seconds between each "
+                    "GPU actor's '[engine]' line (busy/idle share, sequences running/waiting, tokens/s), default 60")
     return p
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import sys
 import threading
 import time
 from concurrent.futures import Future
@@ -27,17 +28,23 @@ from pipeline.engine.config import EngineConfig
 from pipeline.engine.request import Completion, Request
 from pipeline.job_config import JobConfig
 from pipeline.media_codec import codec_for
+from pipeline.metrics import StageMetrics
 
 log = logging.getLogger(__name__)
 
 
 class EngineThread:
-    """Owns the engine; requests arrive on a queue, each resolves its own Future with its Completion."""
+    """Owns the engine; requests arrive on a queue, each resolves its own Future with its Completion.
 
-    def __init__(self, engine):
+    Every `report_s` seconds it logs how the replica spent that time: busy in `step()` vs idle with no
+    work (a starved GPU shows up here), mean running/waiting sequences per step and tokens/s."""
+
+    def __init__(self, engine, report_s: float = 60.0):
         self.engine = engine
         self.inbox: queue.Queue[tuple[Request, Future]] = queue.Queue()
         self.futures: dict[str, Future] = {}
+        self.report_s = report_s
+        self.window = _Window(0)
         self.thread = threading.Thread(target=self._loop, name="engine", daemon=True)
         self.thread.start()
 
@@ -49,6 +56,7 @@ class EngineThread:
     def _loop(self) -> None:
         try:
             while True:
+                t0 = time.perf_counter()
                 block = not self.engine.has_work()
                 try:
                     while True:
@@ -58,11 +66,41 @@ class EngineThread:
                         self.engine.add(request)
                 except queue.Empty:
                     pass
-                for c in self.engine.step() if self.engine.has_work() else []:
-                    self.futures.pop(c.request_id).set_result(c)
+                t1 = time.perf_counter()
+                if self.engine.has_work():
+                    sched = self.engine.scheduler
+                    self.window.steps += 1
+                    self.window.running += len(sched.running)
+                    self.window.waiting += len(sched.waiting)
+                    for c in self.engine.step():
+                        self.futures.pop(c.request_id).set_result(c)
+                t2 = time.perf_counter()
+                self.window.idle += t1 - t0
+                self.window.busy += t2 - t1
+                if t2 - self.window.start >= self.report_s:
+                    tokens = self.engine.stats["generated_tokens"]
+                    print(self.window.line(tokens), file=sys.stderr, flush=True)  # forwarded to the driver
+                    self.window = _Window(tokens)
         except BaseException:  # the replica's state is unknown: let Ray restart the actor
             log.exception("engine thread died; exiting so Ray restarts this replica")
             os._exit(1)
+
+
+class _Window:
+    """Engine-thread time accounting over one reporting window."""
+
+    def __init__(self, tokens: int):
+        self.start, self.tokens = time.perf_counter(), tokens
+        self.busy = self.idle = self.unpack = 0.0
+        self.steps = self.running = self.waiting = 0
+
+    def line(self, tokens: int) -> str:
+        span = max(time.perf_counter() - self.start, 1e-9)
+        steps = max(self.steps, 1)
+        return (f"[engine] last {span:.0f}s: busy {self.busy / span:.0%}, idle {self.idle / span:.0%}, "
+                f"{self.steps} steps of {1e3 * self.busy / steps:.1f} ms, running {self.running / steps:.1f}, "
+                f"waiting {self.waiting / steps:.1f}, {(tokens - self.tokens) / span:.0f} tokens/s, "
+                f"unpacking media on other threads {self.unpack / span:.0%}")
 
 
 class GenerateStage:
@@ -86,17 +124,18 @@ class GenerateStage:
             engine, self.replica = build_tp_engine(Path(config.model), config.tp, engine_cfg)
         else:
             engine = build_engine(Path(config.model), engine_cfg, random_weights=config.random_weights)
-        self.engine = EngineThread(engine)
+        self.engine = EngineThread(engine, config.engine_report_s)
         self.sampling = SamplingParams(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
                                        top_p=config.top_p, top_k=config.top_k, seed=config.seed, stop=config.stop,
                                        ignore_eos=config.ignore_eos)
         self.batches = 0
         self.lock = threading.Lock()
+        self.metrics = StageMetrics("generate")
 
     def _maybe_fail(self) -> None:
         """Fault injection for the reliability tests: die once on the k-th batch."""
         fi = self.config.fault_injection
-        if not fi:
+        if "gpu_exit_on_batch" not in fi:
             return
         with self.lock:
             self.batches += 1
@@ -115,7 +154,9 @@ class GenerateStage:
             if isinstance(batch["error"][i], str):  # an all-null column may arrive as NaNs, not Nones
                 futures.append(None)
                 continue
+            u0 = time.perf_counter()
             media = self.codec.unpack(batch, i)
+            self.engine.window.unpack += time.perf_counter() - u0  # a statistic: a rare lost update is fine
             prompt = [int(t) for t in batch["prompt_ids"][i]]
             futures.append(self.engine.submit(Request(str(ids[i]), prompt, media, self.sampling)))
         results: list[Completion | None] = [f.result() if f is not None else None for f in futures]
@@ -124,5 +165,8 @@ class GenerateStage:
         out["finish_reason"] = np.array([r.finish_reason if r else "error" for r in results], dtype=object)
         out["error"] = np.array([r.error if r else batch["error"][i] for i, r in enumerate(results)], dtype=object)
         out["num_generated_tokens"] = np.array([r.num_generated_tokens if r else 0 for r in results], dtype=np.int32)
-        out["gpu_batch_seconds"] = np.full(len(ids), time.perf_counter() - t0)
+        seconds = time.perf_counter() - t0
+        out["gpu_batch_seconds"] = np.full(len(ids), seconds)
+        self.metrics.record(rows=len(ids), errors=sum(r is not None and r.error is not None for r in results),
+                            seconds=seconds, tokens=int(out["num_generated_tokens"].sum()))
         return out

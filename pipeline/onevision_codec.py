@@ -52,8 +52,8 @@ class OneVisionCodec(BaseCodec):
         a = unpack_arrays(batch["media"][i])
         media = OneVisionMedia()
         if "image" in a:
-            media.images.append(torch.from_numpy(a["image"]))
+            media.images.append(torch.from_numpy(a["image"].copy()))  # the views are read-only
             media.image_sizes.append(tuple(int(x) for x in a["image_size"]))
         if "video" in a:
-            media.videos.append(torch.from_numpy(a["video"]))
+            media.videos.append(torch.from_numpy(a["video"].copy()))
         return media

@@ -3,7 +3,8 @@ one row out, always: a failure becomes the row's typed `error` and the row skips
 
 Untrusted media is decoded in a child process (pipeline/isolation.py): a decoder crash or hang becomes
 `decode_crash` / `decode_timeout` for that row instead of a Ray task retried forever. Pixels leave as
-uint8 (normalisation happens on the GPU).
+uint8 (normalisation happens on the GPU). A prompt that cannot fit `max_model_len` together with
+`max_new_tokens` is refused here (`too_long`), so its pixels never travel to the GPU stage.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ class PreprocessStage:
         self.config = config
         self.codec = codec_for(config.model, config)
         self.worker = IsolatedWorker(prepare_row, init=(config.model, config))
+        self.max_prompt = config.max_model_len - config.max_new_tokens
         self.timeout = decode_timeout_s
         self.metrics = StageMetrics("preprocess")
 
@@ -37,6 +39,9 @@ class PreprocessStage:
             row = {k: _cell(batch[k][i]) for k in batch if not k.startswith("keep__")}
             try:
                 ids, media_blob = self.worker.call(row, timeout=self.timeout)
+                if len(ids) > self.max_prompt:
+                    raise InputError(f"prompt ({len(ids)} tokens) + max_new_tokens ({self.config.max_new_tokens}) "
+                                     f"exceeds max_model_len ({self.config.max_model_len})", kind="too_long")
                 prompt_ids.append(np.asarray(ids, dtype=np.int32))
                 packed.append(media_blob)
                 errors.append(None)

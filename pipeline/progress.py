@@ -1,8 +1,15 @@
-"""Driver-side progress: a line every few seconds that reads well in `ray job logs`, and the summary."""
+"""Driver-side progress: a line every few seconds that reads well in `ray job logs`, and the summary.
+
+`update(table)` counts an output batch; inside `with progress.heartbeat():` a background thread also
+prints the line when no batch has arrived for a while (model loading, a slow first batch), so the log
+never goes silent for longer than the interval.
+"""
 
 from __future__ import annotations
 
+import contextlib
 import sys
+import threading
 import time
 from collections import Counter
 
@@ -23,6 +30,7 @@ class Progress:
         self.rows = self.tokens = self.errors = 0
         self.finish = Counter()
         self.error_kinds = Counter()
+        self.lock = threading.Lock()
 
     def update(self, table: pa.Table) -> None:
         self.rows += table.num_rows
@@ -33,10 +41,31 @@ class Progress:
             if err:
                 self.errors += 1
                 self.error_kinds[err.split(":", 1)[0]] += 1
-        now = time.monotonic()
-        if now - self.last >= self.interval:
+        self._maybe_line()
+
+    def _maybe_line(self) -> None:
+        with self.lock:
+            now = time.monotonic()
+            if now - self.last < self.interval:
+                return
             self.last = now
-            self.line()
+        self.line()
+
+    @contextlib.contextmanager
+    def heartbeat(self):
+        stop = threading.Event()
+
+        def beat() -> None:
+            while not stop.wait(self.interval / 2):
+                self._maybe_line()
+
+        thread = threading.Thread(target=beat, name="progress", daemon=True)
+        thread.start()
+        try:
+            yield self
+        finally:
+            stop.set()
+            thread.join()
 
     def line(self) -> None:
         elapsed = max(time.monotonic() - self.start, 1e-9)

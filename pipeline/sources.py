@@ -25,8 +25,6 @@ IMAGE_EXT = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 VIDEO_EXT = {".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v"}
 
 
-
-
 def _kind(uri: str) -> str:
     fs, path = fsspec.core.url_to_fs(uri)
     if path.endswith(".parquet") or any(c in path for c in "*?["):
@@ -55,6 +53,14 @@ def parquet_schema(uri: str) -> pa.Schema:
 
 def read_input(config: JobConfig) -> tuple[ray.data.Dataset, dict[str, pa.DataType]]:
     """-> (dataset with normalised columns, {kept column: arrow type})."""
+    ds, keep, _ = read_input_counted(config)
+    return ds, keep
+
+
+def read_input_counted(config: JobConfig) -> tuple[ray.data.Dataset, dict[str, pa.DataType], int | None]:
+    """`read_input` plus the number of input rows when it is known without reading the media: Parquet
+    footers, or the file count of a media folder (None for WebDataset shards). `Dataset.count()` after our
+    renaming map would read every image just to count rows."""
     kind = _kind(config.input)
     if kind == "parquet":
         schema = parquet_schema(config.input)
@@ -68,30 +74,38 @@ def read_input(config: JobConfig) -> tuple[ray.data.Dataset, dict[str, pa.DataTy
         if missing or not media:
             raise InputError(f"{config.input}: missing columns {missing or ''}"
                              f"{'' if media else ' and no image/video column'} (have {sorted(cols)})")
-        ds = ray.data.read_parquet(config.input, columns=sorted(wanted | set(media)))
+        ds = ray.data.read_parquet(config.input).select_columns(sorted(wanted | set(media)))
         keep = {c: schema.field(c).type for c in config.keep_columns}
-        return _rename(ds, config), keep
+        return normalise_columns(ds, config), keep, ds.count()  # from the footers: nothing is read yet
     if kind == "folder":
+        fs, path = fsspec.core.url_to_fs(config.input)
+        # Ray's listing skips relative paths starting with "." or "_"; count the same files.
+        base = path.rstrip("/") + "/"
+        total = sum(1 for f in fs.find(path) if not f.removeprefix(base).startswith((".", "_")))
         ds = ray.data.read_binary_files(config.input, include_paths=True)
-        return ds.map_batches(_folder_rows, batch_format="pyarrow"), {}
+        return ds.map_batches(_folder_rows, batch_format="pyarrow"), {}, total
     # Ray's own WebDataset reader decodes images in the read task (unisolated, and the JPEG bytes are gone):
     # read each shard as bytes and split it here, keeping media as bytes for the isolated decoder.
     ds = ray.data.read_binary_files(config.input, file_extensions=["tar"])
-    return ds.flat_map(_tar_samples), {}
+    return ds.flat_map(_tar_samples), {}, None
 
 
-def _rename(ds: ray.data.Dataset, config: JobConfig) -> ray.data.Dataset:
+def normalise_columns(ds: ray.data.Dataset, config: JobConfig) -> ray.data.Dataset:
+    """Configured names -> `id` (string), `image`, `video`; kept columns are copied to `keep__<name>` (a
+    kept column may also be the prompt or id column). Touches only columns that exist under their configured
+    names and copies not made yet, so applying it twice changes nothing."""
     mapping = {config.id_column: "id"}
     if config.image_column:
         mapping[config.image_column] = "image"
     if config.video_column:
         mapping[config.video_column] = "video"
-    for k in config.keep_columns:
-        mapping[k] = "keep__" + k
+    keep = config.keep_columns
 
     def fn(table: pa.Table) -> pa.Table:
-        names = [mapping.get(n, n) for n in table.column_names]
-        table = table.rename_columns(names)
+        for k in keep:
+            if k in table.column_names and "keep__" + k not in table.column_names:
+                table = table.append_column("keep__" + k, table.column(k))
+        table = table.rename_columns([mapping.get(n, n) for n in table.column_names])
         if table.column("id").type != pa.string():
             table = table.set_column(table.column_names.index("id"), "id", table.column("id").cast(pa.string()))
         return table

@@ -9,7 +9,9 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
+import json
 import os
 import shutil
 import signal
@@ -28,6 +30,19 @@ from PIL import Image
 
 ROOT = Path(__file__).resolve().parents[2]
 CAPTION = ROOT / "jobs" / "caption.py"
+
+
+def scrape_until(url: str, needle: str, timeout_s: float) -> str:
+    import urllib.request
+
+    deadline, text = time.monotonic() + timeout_s, ""
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError):
+            text = urllib.request.urlopen(url, timeout=10).read().decode()
+            if needle in text:
+                return text
+        time.sleep(2)
+    raise AssertionError(f"{needle!r} never appeared at {url}; last scrape:\n{text[-3000:]}")
 
 
 def free_port() -> int:
@@ -146,28 +161,56 @@ def test_s3_in_and_out(tiny_mllama_dir, tmp_path, moto_s3):
 @pytest.mark.cluster
 def test_ray_start_head_and_job_submit(tiny_mllama_dir, tmp_path):
     ray_bin = Path(sys.executable).with_name("ray")
-    gcs, dash = free_port(), free_port()
+    gcs, dash, client, metrics = free_port(), free_port(), free_port(), free_port()
     # Ray >= 2.5x clusters started by `ray start` require a token: give the cluster and the client the same one.
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=os.urandom(16).hex())
     temp = Path("/tmp") / f"rt{os.getpid()}"  # short: Ray's socket paths must fit in 107 bytes
-    start = subprocess.run([str(ray_bin), "start", "--head", f"--port={gcs}", f"--dashboard-port={dash}",
-                            "--num-cpus=2", "--include-dashboard=true", f"--temp-dir={temp}",
-                            "--disable-usage-stats"], capture_output=True, text=True, timeout=180, env=env)
+    log = tmp_path / "ray_start.log"
+    # `--block` keeps every process of this cluster in a process group of its own, so teardown stops exactly
+    # this cluster: `ray stop` would kill every Ray process on the machine, other people's included.
+    head = subprocess.Popen([str(ray_bin), "start", "--head", "--block", f"--port={gcs}", f"--dashboard-port={dash}",
+                             f"--ray-client-server-port={client}", f"--metrics-export-port={metrics}", "--num-cpus=2",
+                             "--include-dashboard=true", f"--temp-dir={temp}", "--disable-usage-stats"],
+                            stdout=log.open("w"),
+                            stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    job_id = f"caption-test-{os.getpid()}"
+    address = f"http://127.0.0.1:{dash}"
     try:
-        assert start.returncode == 0, start.stderr[-3000:]
+        deadline = time.monotonic() + 180
+        while "Ray runtime started" not in log.read_text():
+            assert head.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
+            time.sleep(0.5)
         data = images_parquet(tmp_path / "in.parquet", 6)
         submit = subprocess.run(
-            [str(ray_bin), "job", "submit", "--address", f"http://127.0.0.1:{dash}", "--working-dir", str(ROOT),
-             "--runtime-env-json", '{"excludes": [".venv", ".git", "demo/model", "*.egg-info"]}', "--",
+            [str(ray_bin), "job", "submit", "--address", address, "--submission-id", job_id,
+             "--working-dir", str(ROOT), "--runtime-env-json",
+             # Every dot-directory (.venv, .git, caches, local wheels) stays home: the upload is only the code.
+             json.dumps({"excludes": [".?*", "demo/model", "*.egg-info", "__pycache__", "caption_demo_output"]}),
+             "--",
              sys.executable, "jobs/caption.py", "--model", str(tiny_mllama_dir), "--input", str(data),
              "--output", str(tmp_path / "out"), "--max-new-tokens", "4", "--max-model-len", "512"],
             capture_output=True, text=True, timeout=400, env=env)
         assert submit.returncode == 0, (submit.stdout + submit.stderr)[-4000:]
+        assert "is very large" not in submit.stdout + submit.stderr  # nothing big was uploaded
         assert "succeeded" in submit.stdout.lower()
+        assert "[caption] done: 6 rows" in submit.stdout  # the driver's summary, as `ray job logs` shows it
         assert sorted(output_ids(str(tmp_path / "out"))) == [f"r{i:03d}" for i in range(6)]
+        # The stages' ray.util.metrics reach the node's Prometheus endpoint (what the dashboard reads).
+        scraped = scrape_until(f"http://127.0.0.1:{metrics}/metrics", "vlmcap_rows", timeout_s=90)
+        rows = {line.split("Stage=")[1].split('"')[1]: float(line.rsplit(" ", 1)[1])
+                for line in scraped.splitlines() if line.startswith("ray_vlmcap_rows") and "Stage=" in line}
+        assert rows.get("preprocess") == 6 and rows.get("generate") == 6, rows
     finally:
-        subprocess.run([str(ray_bin), "stop", "--force"], capture_output=True, timeout=120, env=env)
+        if head.poll() is None:
+            subprocess.run([str(ray_bin), "job", "stop", "--address", address, job_id], capture_output=True,
+                           timeout=60, env=env)  # a no-op once the job has finished
+            os.killpg(head.pid, signal.SIGTERM)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                head.wait(timeout=60)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(head.pid, signal.SIGKILL)  # whatever of this cluster's group outlived the SIGTERM
+        head.wait()
         shutil.rmtree(temp, ignore_errors=True)
 
 

@@ -2,16 +2,22 @@
 
 - both models: one output row per input row, ids exactly once, texts equal to what the engine gives on
   the same prepared inputs directly;
-- a bad-input corpus of 13 kinds mixed with good rows: every bad row is an error row with its typed
-  reason, every good row is captioned, the summary counts them;
-- a GPU-stage actor that dies (`os._exit`) mid-job: the job completes, every id exactly once.
+- a bad-input corpus of 16 kinds mixed with good rows (one of them kills the decoding process), run
+  through `jobs/caption.py`'s `main`: every bad row is an error row with its typed reason, every good row
+  is captioned, exit status 0, the summary counts them per kind;
+- a GPU-stage actor that dies (`os._exit`) mid-job: the job completes, every id exactly once;
+- WebDataset shards, and the `CaptionProcessor` API on a Dataset the caller built (kept columns).
+Every job runs under a watchdog: a hang fails the test instead of blocking the suite.
 """
 
 from __future__ import annotations
 
 import io
+import json
 import struct
+import threading
 import zlib
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -22,8 +28,10 @@ import pytest
 import ray
 from PIL import Image
 
+from jobs.caption import main as caption_main
 from ops.sampling import SamplingParams
-from pipeline.builder import run_job
+from pipeline import builder
+from pipeline.builder import CaptionProcessor
 from pipeline.engine.builder import build_engine
 from pipeline.engine.config import EngineConfig
 from pipeline.engine.request import Request
@@ -78,6 +86,44 @@ def audio_only(path: Path) -> bytes:
                 out.mux(packet)
         for packet in stream.encode(None):
             out.mux(packet)
+    return path.read_bytes()
+
+
+def run_job(config: JobConfig, timeout_s: float = 240) -> dict:
+    """`pipeline.builder.run_job` under a watchdog (RELIABILITY.md: a hang is a failure, not a slow pass)."""
+    return watched(builder.run_job, config, timeout_s=timeout_s)
+
+
+def watched(fn, *args, timeout_s: float = 240):
+    result: dict = {}
+
+    def target():
+        try:
+            result["value"] = fn(*args)
+        except BaseException as exc:  # noqa: BLE001 - re-raised in the test thread
+            result["error"] = exc
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    thread.join(timeout_s)
+    assert not thread.is_alive(), f"the job did not finish within {timeout_s}s (hang)"
+    if "error" in result:
+        raise result["error"]
+    return result["value"]
+
+
+def faststart_mp4(data: bytes, path: Path) -> bytes:
+    """The same clip remuxed with its index (moov) first: a truncated copy then still opens and decodes
+    its first frames without any error, the silent-partial case of RELIABILITY.md."""
+    import av
+
+    with av.open(io.BytesIO(data)) as src, av.open(str(path), "w", format="mp4",
+                                                    options={"movflags": "faststart"}) as dst:
+        stream = dst.add_stream_from_template(src.streams.video[0])
+        for packet in src.demux(src.streams.video[0]):
+            if packet.dts is not None:
+                packet.stream = stream
+                dst.mux(packet)
     return path.read_bytes()
 
 
@@ -145,28 +191,33 @@ def test_onevision_images_and_videos_equal_engine(tiny_ov_dir, tmp_path):
     assert len(video_tokens) == 2 and all(n > 4 * 16 for n in video_tokens)  # 4 frames of 16 pooled tokens
 
 
-def test_bad_input_corpus(tiny_ov_dir, tmp_path):
+def test_bad_input_corpus(tiny_ov_dir, tmp_path, capsys):
     good_jpeg = jpeg(60, 80, seed=1)
     html = tmp_path / "page.jpg"
     html.write_text("<!doctype html><html><body>404 not found</body></html>")
     video = (DEMO_MEDIA / "clip_9frames.mp4").read_bytes()
+    faststart = faststart_mp4((DEMO_MEDIA / "clip_16frames.mp4").read_bytes(), tmp_path / "faststart.mp4")
     q = "Describe this."
     rows = [
         # good rows, including the odd-but-valid images
         {"id": "good_jpeg", "image": good_jpeg}, {"id": "good_video", "video": video},
         {"id": "one_pixel", "image": jpeg(1, 1, seed=2, fmt="PNG")}, {"id": "png16", "image": png_16bit(40, 50)},
-        {"id": "cmyk", "image": jpeg(50, 40, seed=3, mode="CMYK")},
+        {"id": "cmyk", "image": jpeg(50, 40, seed=3, mode="CMYK")}, {"id": "good_2", "image": jpeg(33, 70, seed=4)},
         # bad rows -> (expected error kind)
         {"id": "truncated_jpeg", "image": good_jpeg[: len(good_jpeg) // 2]},
         {"id": "random_bytes", "image": np.random.default_rng(0).bytes(3000)},
         {"id": "zero_bytes", "image": b""},
         {"id": "bomb", "image": png_bomb()},
-        {"id": "truncated_mp4", "video": video[: len(video) // 3]},
+        {"id": "truncated_mp4", "video": video[: len(video) // 3]},  # index at the end: cannot open
+        {"id": "truncated_faststart_mp4", "video": faststart[: len(faststart) // 2]},  # opens, decodes partly
         {"id": "audio_only", "video": audio_only(tmp_path / "audio.mp4")},
         {"id": "null_cell"},
         {"id": "long_prompt", "image": good_jpeg, "question": "word " * 9000},
+        {"id": "empty_prompt", "image": good_jpeg, "question": "   "},
+        {"id": "poison", "image": good_jpeg},  # its decode kills the decoding process (fault injection)
     ]
-    rows += [{"id": "html_as_jpg", "image": html}, {"id": "missing_path", "image": tmp_path / "nope.jpg"}]
+    rows += [{"id": "html_as_jpg", "image": html}, {"id": "missing_path", "image": tmp_path / "nope.jpg"},
+             {"id": "http_url_off", "image": "http://127.0.0.1:9/x.jpg"}]
     # Here the image column holds paths (videos stay bytes): every image is written to a file first.
     for r in rows:
         r.setdefault("question", q)
@@ -179,23 +230,35 @@ def test_bad_input_corpus(tiny_ov_dir, tmp_path):
     schema = pa.schema([("id", pa.string()), ("image", pa.string()), ("video", pa.binary()), ("question", pa.string())])
     pq.write_table(pa.Table.from_pylist([{k: r.get(k) for k in schema.names} for r in rows], schema=schema),
                    tmp_path / "in" / "corpus.parquet")
-    config = job(tiny_ov_dir, str(tmp_path / "in"), tmp_path / "out", prompt=None, prompt_column="question")
-    summary = run_job(config)
+    config = job(tiny_ov_dir, str(tmp_path / "in"), tmp_path / "out", prompt=None, prompt_column="question",
+                 keep_columns=("question",), fault_injection={"decode_exit_on_id": "poison"})
+    yaml_path = tmp_path / "job.yaml"
+    yaml_path.write_text(json.dumps({k: list(v) if isinstance(v, tuple) else v
+                                     for k, v in config.__dict__.items()}))  # JSON is YAML
+    assert watched(caption_main, ["--config", str(yaml_path)]) == 0  # the job as the CLI runs it: exit 0
+    summary = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     out = read_output(config.output)
     expected = {"truncated_jpeg": "decode_error", "random_bytes": "decode_error", "zero_bytes": "decode_error",
-                "bomb": "too_large", "truncated_mp4": ("video_error", "decode_error"), "audio_only": "video_error",
-                "null_cell": "missing_media", "long_prompt": "too_long", "html_as_jpg": "decode_error",
-                "missing_path": "missing_media"}
-    assert set(out) == {r["id"] for r in rows}
+                "bomb": "too_large", "truncated_mp4": "decode_error", "truncated_faststart_mp4": "video_error",
+                "audio_only": "video_error",
+                "null_cell": "missing_media", "long_prompt": "too_long", "empty_prompt": "prompt_error",
+                "poison": "decode_crash", "html_as_jpg": "decode_error", "missing_path": "missing_media",
+                "http_url_off": "fetch_error"}
+    assert set(out) == {r["id"] for r in rows} and len(out) == summary["rows_written"]
     for rid, kind in expected.items():
         row = out[rid]
-        kinds = kind if isinstance(kind, tuple) else (kind,)
         assert row["finish_reason"] == "error" and row["text"] is None, rid
-        assert row["error"].split(":")[0] in kinds, (rid, row["error"])
-    for rid in ("good_jpeg", "good_video", "one_pixel", "png16", "cmyk"):
+        assert row["error"].split(":")[0] == kind, (rid, row["error"])
+        assert row["num_generated_tokens"] == 0
+    assert "partial video" in out["truncated_faststart_mp4"]["error"]
+    good = [r["id"] for r in rows if r["id"] not in expected]
+    for rid in good:
         assert out[rid]["error"] is None and out[rid]["finish_reason"] in ("stop", "length"), (rid, out[rid]["error"])
+        assert out[rid]["text"] is not None and out[rid]["num_generated_tokens"] > 0
+    assert all(out[r["id"]]["question"] == r["question"] for r in rows)  # a kept column that is also the prompt
     assert summary["finish_reasons"]["error"] == len(expected)
-    assert sum(summary["error_types"].values()) == len(expected)
+    assert summary["finish_reasons"].get("stop", 0) + summary["finish_reasons"].get("length", 0) == len(good)
+    assert summary["error_types"] == dict(Counter(expected.values()))
 
 
 def test_gpu_actor_killed_mid_job_every_id_once(tiny_mllama_dir, tmp_path):
@@ -226,3 +289,17 @@ def test_webdataset_tar_shards(tiny_mllama_dir, tmp_path):
     out = read_output(config.output)
     assert set(out) == set(keys)
     assert all(r["error"] is None and r["finish_reason"] in ("stop", "length") for r in out.values())
+
+
+def test_caption_processor_on_a_callers_dataset(tiny_mllama_dir, tmp_path):
+    """The Python API: a Dataset with the caller's own column names in, the output schema out."""
+    rows = [{"uid": 100 + i, "img": jpeg(25 + 7 * i, 40, seed=300 + i), "source": f"cam{i % 2}"} for i in range(5)]
+    config = job(tiny_mllama_dir, "unused", tmp_path / "unused", id_column="uid", image_column="img",
+                 keep_columns=("source",))
+    ds = CaptionProcessor(config)(ray.data.from_items(rows))
+    out = watched(lambda: ds.take_all())
+    assert sorted(r["id"] for r in out) == [str(100 + i) for i in range(5)]
+    assert {r["id"]: r["source"] for r in out} == {str(100 + i): f"cam{i % 2}" for i in range(5)}
+    assert all(r["error"] is None and r["num_generated_tokens"] > 0 for r in out)
+    assert set(out[0]) == {"id", "text", "finish_reason", "error", "num_prompt_tokens", "num_generated_tokens",
+                           "model", "source"}
