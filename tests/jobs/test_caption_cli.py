@@ -198,9 +198,10 @@ def test_ray_start_head_and_job_submit(tiny_mllama_dir, tmp_path):
         assert sorted(output_ids(str(tmp_path / "out"))) == [f"r{i:03d}" for i in range(6)]
         # The stages' ray.util.metrics reach the node's Prometheus endpoint (what the dashboard reads).
         scraped = scrape_until(f"http://127.0.0.1:{metrics}/metrics", "vlmcap_rows", timeout_s=90)
-        rows = {line.split("Stage=")[1].split('"')[1]: float(line.rsplit(" ", 1)[1])
-                for line in scraped.splitlines() if line.startswith("ray_vlmcap_rows") and "Stage=" in line}
-        assert rows.get("preprocess") == 6 and rows.get("generate") == 6, rows
+        lines = [line for line in scraped.splitlines() if "vlmcap_rows" in line and not line.startswith("#")]
+        rows = {line.split('stage="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
+                for line in lines if 'stage="' in line}
+        assert rows.get("preprocess") == 6 and rows.get("generate") == 6, lines
     finally:
         if head.poll() is None:
             subprocess.run([str(ray_bin), "job", "stop", "--address", address, job_id], capture_output=True,
