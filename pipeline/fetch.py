@@ -3,7 +3,7 @@ allows it, an http(s) URL.
 
 Remote fetches are bounded: `max_bytes` (default 256 MiB) and a timeout. http(s) is off by default; when
 on, every hop of a redirect chain must resolve to a public address (no loopback, private, link-local or
-reserved ranges: SSRF), and at most 3 tries are made on connection errors. Failures are typed
+reserved ranges: SSRF), and at most 3 tries are made on connection errors, timeouts and 5xx. Failures are typed
 `InputError`s (`missing_media`, `fetch_error`, `too_large`).
 """
 
@@ -53,6 +53,10 @@ def _fetch_http(url: str, timeout: float, max_bytes: int, tries: int = 3) -> byt
             if len(data) > max_bytes:
                 raise MediaTooLargeError(f"{url} is larger than {max_bytes} bytes")
             return data
+        except urllib.error.HTTPError as exc:
+            if exc.code < 500 or attempt == tries - 1:  # 4xx will not change on a retry
+                raise InputError(f"fetching {url} failed: HTTP {exc.code} {exc.reason}", kind="fetch_error") from None
+            time.sleep(0.5 * 2**attempt)
         except (urllib.error.URLError, TimeoutError, ConnectionError) as exc:
             if attempt == tries - 1:
                 raise InputError(f"fetching {url} failed: {exc}", kind="fetch_error") from None
