@@ -74,6 +74,8 @@ def parser() -> argparse.ArgumentParser:
                     "checkpoint's shapes (needs only config.json + tokenizer/processor files); gibberish output")
     rt.add_argument("--allow-http", action="store_true", help="allow http(s) media URLs (bounded fetches)")
     rt.add_argument("--progress-interval", dest="progress_interval_s", type=float, help="seconds, default 5")
+    rt.add_argument("--stall-timeout", dest="stall_timeout_s", type=float, help="fail the job (exit 1) when no "
+                    "output row arrives for this many seconds, model loading included; 0 never, default 1800")
     rt.add_argument("--engine-report-interval", dest="engine_report_s", type=float, help="seconds between each "
                     "GPU actor's '[engine]' line (busy/idle share, sequences running/waiting, tokens/s), default 60")
     return p
@@ -114,12 +116,16 @@ def main(argv: list[str] | None = None) -> int:
              runtime_env={"env_vars": {"PYTHONPATH": path}} if "RAY_ADDRESS" not in os.environ else None)
     from models.errors import InputError
     from pipeline.sink import ConfigMismatchError
+    from pipeline.watchdog import JobStalledError
 
     try:
         summary = run_job(config)
     except (ConfigMismatchError, InputError) as exc:  # the user's to fix: a clear message, not a traceback
         print(f"caption.py: error: {exc}", file=sys.stderr, flush=True)
         return 2
+    except JobStalledError as exc:
+        print(f"caption.py: error: {exc}", file=sys.stderr, flush=True)
+        return 1
     if config.model == str(DEMO_MODEL):
         import pyarrow.dataset as pds
 

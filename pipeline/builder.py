@@ -25,6 +25,7 @@ from pipeline.progress import Progress
 from pipeline.schema import output_schema
 from pipeline.sink import OutputSink
 from pipeline.sources import normalise_columns, read_input_counted
+from pipeline.watchdog import iterate_with_stall_timeout
 
 FLUSH_SECONDS = 30.0
 
@@ -114,10 +115,13 @@ def run_job(config: JobConfig) -> dict:
     remaining = total - len(done) if total is not None and len(done) <= total else None
     progress = Progress(remaining, config.progress_interval_s)
     writer = _PartWriter(sink, progress, config.rows_per_file)
+    stream = processor(ds).iter_batches(batch_format="pyarrow", batch_size=None)
     with progress.heartbeat():
-        for table in processor(ds).iter_batches(batch_format="pyarrow", batch_size=None):
-            writer.add(table)
-    writer.flush()
+        try:
+            for table in iterate_with_stall_timeout(stream, config.stall_timeout_s, what="output row"):
+                writer.add(table)
+        finally:
+            writer.flush()  # complete rows already received are committed, whatever stopped the stream
     return progress.summary(config.output, skipped=len(done))
 
 

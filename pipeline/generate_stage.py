@@ -109,6 +109,8 @@ class GenerateStage:
 
         from pipeline.engine.builder import build_engine
 
+        if config.fault_injection.get("gpu_init_exit"):
+            os._exit(1)  # reliability tests: a process death during construction, as a driver crash would be
         self.config = config
         self.codec = codec_for(config.model, config)
         engine_cfg = EngineConfig(max_num_seqs=config.max_num_seqs, max_model_len=config.max_model_len,

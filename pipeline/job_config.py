@@ -50,12 +50,14 @@ class JobConfig:
     rows_per_file: int = 10000
     progress_interval_s: float = 5.0
     engine_report_s: float = 60.0  # each GPU actor's busy/idle line
+    stall_timeout_s: float = 1800.0  # fail the job when no output row arrives for this long (0: never)
     limit: int | None = None
     ignore_eos: bool = False  # benchmarks: always generate max_new_tokens
     random_weights: bool = False  # benchmarks / dry runs: random weights at the config's shapes, no checkpoint read
     max_prefill_requests: int = 32
     # tests only: {"gpu_exit_on_batch": k, "marker": path} kills a GPU actor once on its k-th batch;
-    # {"decode_exit_on_id": id} kills the decoding child process on that row, every time.
+    # {"decode_exit_on_id": id} kills the decoding child process on that row, every time;
+    # {"gpu_init_exit": true} kills every GPU actor while it is being constructed.
     fault_injection: dict = field(default_factory=dict)
 
     def __post_init__(self):

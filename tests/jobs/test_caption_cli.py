@@ -216,7 +216,23 @@ def test_ray_start_head_and_job_submit(tiny_mllama_dir, tmp_path):
 
 
 def test_unusable_model_fails_fast_with_a_clear_message(tmp_path):
-    # A GPU actor whose constructor raises would be restarted forever: these are refused on the driver.
+    # Refused on the driver with a clear message, before any actor starts (a GPU actor constructor that
+    # raises would fail the job with a long traceback; one whose process dies would hang it).
     missing = run_cli("--model", str(tmp_path / "nope"), "--input", str(ROOT / "demo" / "media"),
                       "--output", str(tmp_path / "out"))
     assert missing.returncode == 2 and "cannot use --model" in missing.stderr
+
+
+def test_gpu_actor_dying_while_starting_fails_the_job_in_bounded_time(tiny_mllama_dir, tmp_path):
+    """RELIABILITY.md: a process death inside an actor's constructor is retried forever by Ray; without the
+    stall watchdog this job never ends."""
+    data = images_parquet(tmp_path / "in.parquet", 4)
+    cfg = tmp_path / "job.yaml"
+    cfg.write_text(json.dumps({"model": str(tiny_mllama_dir), "input": str(data), "output": str(tmp_path / "out"),
+                               "max_new_tokens": 4, "max_model_len": 512, "stall_timeout_s": 20,
+                               "fault_injection": {"gpu_init_exit": True}}))  # JSON is YAML
+    t0 = time.monotonic()
+    proc = run_cli("--config", str(cfg), timeout=240)
+    assert proc.returncode == 1, (proc.stdout + proc.stderr)[-3000:]
+    assert "no output row for 20 s: the job is stuck" in proc.stderr
+    assert time.monotonic() - t0 < 200
