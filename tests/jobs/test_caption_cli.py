@@ -119,6 +119,12 @@ def test_killed_job_resumes_without_duplicates_and_config_change_is_refused(tiny
     assert sorted(ids) == [f"r{i:03d}" for i in range(n)]  # all rows, none twice
     assert f"skipped (already written) {len(partial)}" in proc.stdout
 
+    parts = sorted(p.name for p in out.glob("part-*"))
+    again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)  # a finished job, re-run
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert f"skipped (already written) {n}" in again.stdout
+    assert sorted(p.name for p in out.glob("part-*")) == parts  # nothing new written
+
     refused = run_cli("--config", str(cfg), "--prompt", "Something else entirely.")
     assert refused.returncode == 2 and "--overwrite" in refused.stderr
     redo = run_cli("--config", str(cfg), "--prompt", "Something else entirely.", "--overwrite", "--limit", "8")
