@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 from collections import Counter
 from pathlib import Path
 
@@ -69,3 +70,13 @@ def shard_reads(monkeypatch):
         return counts, full
 
     return load
+
+
+@pytest.fixture(scope="session")
+def tp_plan():
+    """scripts/tp_plan.py as a module (scripts/ is not a package)."""
+    path = Path(__file__).resolve().parents[2] / "scripts" / "tp_plan.py"
+    spec = importlib.util.spec_from_file_location("tp_plan_script", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module

@@ -134,23 +134,11 @@ def test_tp_shards_hold_the_checkpoint_rows(kv1_dir):
 
 
 # --- real shapes: scripts/tp_plan.py on the 90B config (meta device) --------------------------------------
-def tp_plan():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[3] / "scripts" / "tp_plan.py"
-    spec = importlib.util.spec_from_file_location("tp_plan_script", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize("tp", [2, 4, 8])
-def test_90b_shards_have_the_expected_shapes(shared_checkpoints, tp):
-    plan = tp_plan()
+def test_90b_shards_have_the_expected_shapes(shared_checkpoints, tp, tp_plan):
     ckpt = shared_checkpoints / "Llama-3.2-90B-Vision-Instruct"
-    full = plan.rank_shapes(ckpt, 1, 0)
-    ranks = [plan.rank_shapes(ckpt, tp, r) for r in (0, tp - 1)]
+    full = tp_plan.rank_shapes(ckpt, 1, 0)
+    ranks = [tp_plan.rank_shapes(ckpt, tp, r) for r in (0, tp - 1)]
     lm = "language_model.model."
     want = {
         lm + "layers.0.self_attn.q_proj.weight": (8192 // tp, 8192),
@@ -169,22 +157,21 @@ def test_90b_shards_have_the_expected_shapes(shared_checkpoints, tp):
         assert shapes.keys() == full.keys()
         assert {k: shapes[k] for k in want} == want
     # every rank's shard is the module tree's own; the name rules used for models without tp agree
-    model = plan.meta_model(ckpt)
+    model = tp_plan.meta_model(ckpt)
     for r, shapes in zip((0, tp - 1), ranks, strict=True):
         ctx = ParallelContext(r, tp)
-        assert {n: plan.rule_shape(n, tuple(p.shape), model.cfg.text, ctx)
+        assert {n: tp_plan.rule_shape(n, tuple(p.shape), model.cfg.text, ctx)
                 for n, p in model.named_parameters()} == shapes
 
 
-def test_90b_tp2_fits_an_h200(shared_checkpoints, capsys):
-    plan = tp_plan()
+def test_90b_tp2_fits_an_h200(shared_checkpoints, capsys, tp_plan):
     ckpt = shared_checkpoints / "Llama-3.2-90B-Vision-Instruct"
-    p = plan.plan(ckpt, 2, seqs=32, max_len=4096, max_images=1)
+    p = tp_plan.plan(ckpt, 2, seqs=32, max_len=4096, max_images=1)
     assert 177e9 < p["weights_total"] < 177.3e9  # index.json total_size: 177,186,710,646 bytes
     assert 0.5 * p["weights_total"] < p["weights_per_rank"] < 0.51 * p["weights_total"]  # vision replicated
     assert p["fits"]["H200"]["fits"] and p["fits"]["H200"]["max_seqs"] >= 32
     assert not p["fits"]["H100"]["fits"]  # tp=2 is too small for 80 GB parts
-    assert plan.plan(ckpt, 4)["fits"]["H100"]["fits"]
-    plan.main(["--model", str(ckpt), "--tp", "2"])
+    assert tp_plan.plan(ckpt, 4)["fits"]["H100"]["fits"]
+    tp_plan.main(["--model", str(ckpt), "--tp", "2"])
     out = capsys.readouterr().out
     assert "H200 (140.4 GiB, 90% usable): FITS" in out and "H100 (79.6 GiB, 90% usable): DOES NOT FIT" in out

@@ -162,23 +162,11 @@ def test_each_rank_reads_only_its_shard(tiny_ov_dir, kv1_dir, variant, shard_rea
 
 
 # --- real shapes: scripts/tp_plan.py on the 72B config (meta device) --------------------------------------
-def tp_plan():
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[3] / "scripts" / "tp_plan.py"
-    spec = importlib.util.spec_from_file_location("tp_plan_script", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 @pytest.mark.parametrize("tp", [2, 4, 8])
-def test_72b_shards_have_the_expected_shapes(shared_checkpoints, tp):
-    plan = tp_plan()
+def test_72b_shards_have_the_expected_shapes(shared_checkpoints, tp, tp_plan):
     ckpt = shared_checkpoints / "llava-onevision-qwen2-72b-ov-hf"
-    assert plan.supports_tp(ckpt)  # per-rank module trees, not name rules
-    full = plan.rank_shapes(ckpt, 1, 0)
+    assert tp_plan.supports_tp(ckpt)  # per-rank module trees, not name rules
+    full = tp_plan.rank_shapes(ckpt, 1, 0)
     att, mlp = "language_model.model.layers.0.self_attn.", "language_model.model.layers.0.mlp."
     want = {
         att + "q_proj.weight": (8192 // tp, 8192), att + "q_proj.bias": (8192 // tp,),
@@ -195,26 +183,25 @@ def test_72b_shards_have_the_expected_shapes(shared_checkpoints, tp):
     }
     vision = {n: s for n, s in full.items() if n.startswith("vision_tower.")}
     assert len(vision) > 400
-    model = plan.meta_model(ckpt)
+    model = tp_plan.meta_model(ckpt)
     for rank in (0, tp - 1):
-        shapes = plan.rank_shapes(ckpt, tp, rank)
+        shapes = tp_plan.rank_shapes(ckpt, tp, rank)
         assert shapes.keys() == full.keys()
         assert {k: shapes[k] for k in want} == want
         assert {n: shapes[n] for n in vision} == vision  # the SigLIP tower is replicated
         # the name rules (used for reports) agree with the module tree's own shards
         ctx = ParallelContext(rank, tp)
-        assert {n: plan.rule_shape(n, tuple(p.shape), model.cfg.text, ctx)
+        assert {n: tp_plan.rule_shape(n, tuple(p.shape), model.cfg.text, ctx)
                 for n, p in model.named_parameters()} == shapes
 
 
-def test_72b_memory_plan(shared_checkpoints, capsys):
-    plan = tp_plan()
+def test_72b_memory_plan(shared_checkpoints, capsys, tp_plan):
     ckpt = shared_checkpoints / "llava-onevision-qwen2-72b-ov-hf"
-    p = plan.plan(ckpt, 2, seqs=32, max_len=4096)
+    p = tp_plan.plan(ckpt, 2, seqs=32, max_len=4096)
     assert 146.3e9 < p["weights_total"] < 146.4e9  # index.json total_size: 146,363,141,184 bytes
     assert 0.5 * p["weights_total"] < p["weights_per_rank"] < 0.51 * p["weights_total"]
     assert p["fits"]["H200"]["fits"] and not p["fits"]["H100"]["fits"]
-    assert plan.plan(ckpt, 4)["fits"]["H100"]["fits"]
-    plan.main(["--model", str(ckpt), "--tp", "4"])
+    assert tp_plan.plan(ckpt, 4)["fits"]["H100"]["fits"]
+    tp_plan.main(["--model", str(ckpt), "--tp", "4"])
     out = capsys.readouterr().out
     assert "tp=4  (module tree on meta)" in out and "H100 (79.6 GiB, 90% usable): FITS" in out
