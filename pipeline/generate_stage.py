@@ -46,7 +46,13 @@ class EngineThread:
         self.report_s = report_s
         self.window = _Window(0)
         self.thread = threading.Thread(target=self._loop, name="engine", daemon=True)
+        self.stopped = threading.Event()
         self.thread.start()
+
+    def stop(self) -> None:
+        """End the loop after its current turn (tests; a GPU actor lives as long as its process)."""
+        self.stopped.set()
+        self.thread.join()
 
     def submit(self, request: Request) -> Future:
         fut: Future = Future()
@@ -55,7 +61,7 @@ class EngineThread:
 
     def _loop(self) -> None:
         try:
-            while True:
+            while not self.stopped.is_set():
                 t0 = time.perf_counter()
                 block = not self.engine.has_work()
                 try:

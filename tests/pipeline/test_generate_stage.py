@@ -56,6 +56,7 @@ def test_each_caller_gets_its_own_completions_and_report_lines(capsys):
 
     with ThreadPoolExecutor(4) as pool:
         results = list(pool.map(caller, range(4)))
+    thread.stop()
     assert results == [[f"text c{k}-{i}" for i in range(5)] for k in range(4)]
     assert engine.stats["generated_tokens"] == 4 * 5 * 3
     lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("[engine]")]
