@@ -164,6 +164,92 @@ def test_s3_in_and_out(tiny_mllama_dir, tmp_path, moto_s3):
     assert all(e is None for t in tables for e in t.column("error").to_pylist())
 
 
+
+class FlakyS3Proxy:
+    """Forwards every request to the moto server but answers a seeded `rate` of them with S3's own
+    "503 SlowDown" (RELIABILITY.md: planning-time reads on the driver failed at 50%)."""
+
+    def __init__(self, upstream: str, rate: float, seed: int = 0):
+        import http.client
+        import http.server
+        import random
+        import threading
+        import urllib.parse
+
+        target = urllib.parse.urlsplit(upstream)
+        rng, lock, proxy = random.Random(seed), threading.Lock(), self
+        self.requests = self.refused = 0
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _any(self):
+                n = int(self.headers.get("Content-Length") or 0)
+                body = self.rfile.read(n) if n else None
+                with lock:
+                    proxy.requests += 1
+                    refuse = rng.random() < rate
+                    proxy.refused += refuse
+                if refuse:
+                    msg = b"<Error><Code>SlowDown</Code><Message>Please reduce your request rate.</Message></Error>"
+                    self.send_response(503)
+                    self.send_header("Content-Type", "application/xml")
+                    self.send_header("Content-Length", str(len(msg)))
+                    self.end_headers()
+                    self.wfile.write(msg)
+                    return
+                conn = http.client.HTTPConnection(target.hostname, target.port, timeout=60)
+                headers = {k: v for k, v in self.headers.items() if k.lower() not in ("host", "connection")}
+                conn.request(self.command, self.path, body=body, headers=headers)
+                resp = conn.getresponse()
+                data = resp.read()
+                self.send_response(resp.status)
+                for k, v in resp.getheaders():
+                    if k.lower() not in ("content-length", "transfer-encoding", "connection", "date", "server"):
+                        self.send_header(k, v)
+                # a HEAD answer has no body but states the object's size
+                size = resp.getheader("Content-Length") if self.command == "HEAD" else None
+                self.send_header("Content-Length", size or str(len(data)))
+                self.end_headers()
+                if self.command != "HEAD":
+                    self.wfile.write(data)
+                conn.close()
+
+            do_GET = do_PUT = do_POST = do_HEAD = do_DELETE = _any  # noqa: N815 - http.server's naming
+
+            def log_message(self, *args):
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+
+
+def test_s3_with_injected_503s_is_exact(tiny_mllama_dir, tmp_path, moto_s3):
+    import s3fs
+
+    fs = s3fs.S3FileSystem(key="testing", secret="testing", endpoint_url=moto_s3["AWS_ENDPOINT_URL"])
+    fs.mkdir("flaky")
+    for f in sorted(images_parquet(tmp_path / "in", 18, files=3).iterdir()):
+        fs.put(str(f), f"flaky/in/{f.name}")
+    proxy = FlakyS3Proxy(moto_s3["AWS_ENDPOINT_URL"], rate=0.2)
+    try:
+        proc = run_cli("--model", str(tiny_mllama_dir), "--input", "s3://flaky/in/", "--output", "s3://flaky/out",
+                       "--max-new-tokens", "4", "--max-model-len", "512", "--batch-size", "4",
+                       env={**moto_s3, "AWS_ENDPOINT_URL": proxy.url})
+    finally:
+        proxy.close()
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proxy.refused > 0
+    fs.invalidate_cache()
+    parts = [p for p in fs.ls("flaky/out") if p.rsplit("/", 1)[-1].startswith("part-")]
+    ids = [i for p in parts for i in pq.read_table(io.BytesIO(fs.cat(p))).column("id").to_pylist()]
+    assert sorted(ids) == [f"r{i:03d}" for i in range(18)]  # every row once, none lost to a 503
+
+
 @pytest.mark.cluster
 def test_ray_start_head_and_job_submit(tiny_mllama_dir, tmp_path):
     ray_bin = Path(sys.executable).with_name("ray")
