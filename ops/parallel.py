@@ -24,13 +24,14 @@ Contract:
 from __future__ import annotations
 
 import math
-import pickle
 from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from ops import wire
 
 
 @dataclass(frozen=True)
@@ -69,12 +70,12 @@ class ParallelContext:
         return torch.cat(parts, dim=dim)
 
     def broadcast_object(self, obj: Any = None, src: int = 0) -> Any:
-        """Rank `src` sends a picklable object; every rank returns it (tensors inside travel pickled)."""
+        """Rank `src` sends a message; every rank returns it (format and what may travel: ops/wire.py)."""
         if self.world_size == 1:
             return obj
         group = self._require_group()
         if self.rank == src:
-            payload = torch.frombuffer(bytearray(pickle.dumps(obj)), dtype=torch.uint8).to(self.device)
+            payload = torch.frombuffer(bytearray(wire.encode(obj)), dtype=torch.uint8).to(self.device)
             size = torch.tensor([payload.numel()], dtype=torch.int64, device=self.device)
         else:
             size = torch.zeros(1, dtype=torch.int64, device=self.device)
@@ -82,7 +83,7 @@ class ParallelContext:
         if self.rank != src:
             payload = torch.empty(int(size.item()), dtype=torch.uint8, device=self.device)
         group.broadcast(payload, src).wait()
-        return obj if self.rank == src else pickle.loads(payload.cpu().numpy().tobytes())
+        return obj if self.rank == src else wire.decode(payload.cpu().numpy().tobytes())
 
 
 SINGLE = ParallelContext()

@@ -14,7 +14,7 @@ Contract:
   rank and gives that rank's local object (e.g. `ModelShard`, its shard of a model).
 - `call(method, *args, **kwargs)`: rank 0 broadcasts the call, every rank runs `getattr(local, method)` on
   the same arguments (lockstep: the collectives inside line up), rank 0's result is returned. Arguments
-  travel pickled; keep tensors in them on the CPU.
+  travel in ops/wire.py's format (our own classes, builtins, tensors as raw bytes); keep tensors on the CPU.
 - Failure: an exception inside a call does not break the lockstep: after every call the ranks sum an
   error flag (one tiny all-reduce). If rank 0 raised, its exception propagates (a bad input fails the
   same way everywhere, so the replica stays usable); if only other ranks raised, the ranks' states may
