@@ -89,7 +89,8 @@ def _drop_ids(table: pa.Table, done: pa.Array) -> pa.Table:
 
 
 def check_model(config: JobConfig) -> None:
-    """Fail before any actor starts: a GPU actor whose constructor raises is restarted forever by Ray."""
+    """Fail before any actor starts, with a one-line message (a GPU actor constructor that raises would
+    fail the job only after start-up, behind a long Ray traceback)."""
     from models.errors import InputError
     from models.registry import architecture
 
