@@ -62,7 +62,9 @@ def parser() -> argparse.ArgumentParser:
     rt.add_argument("--batch-size", type=int, help="rows per Ray batch into the GPU stage, default 64")
     rt.add_argument("--batches-in-flight", type=int, help="Ray batches each GPU actor works on at once, default 8; "
                     "keep batch size x this >= 2x the engine's slots (its '[engine]' line shows 'waiting' > 0)")
-    rt.add_argument("--max-model-len", type=int, help="prompt + generated tokens per sequence, default 4096")
+    rt.add_argument("--max-model-len", type=int, help="prompt + generated tokens per sequence; default: the "
+                    "largest prompt the model's processor makes for one image/video (at --num-frames) + the prompt "
+                    "+ --max-new-tokens, capped by the model's positions")
     rt.add_argument("--max-num-seqs", type=int, help="max concurrent sequences per replica, default 256")
     rt.add_argument("--gpu-memory-utilization", type=float, help="fraction of GPU memory to use, default 0.9")
     rt.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_const", const=False,
@@ -95,7 +97,7 @@ def config_from_args(args: argparse.Namespace) -> JobConfig:
         print(f"[caption] no --model/--input given: running the demo on {DEMO_INPUT} with the bundled "
               f"tiny model (random weights, gibberish captions) -> {out}", flush=True)
         values.update(model=str(DEMO_MODEL), input=str(DEMO_INPUT), output=out, overwrite=True,
-                      max_new_tokens=values.get("max_new_tokens", 16), max_model_len=8192)
+                      max_new_tokens=values.get("max_new_tokens", 16))
     missing = [k for k in ("model", "input", "output") if not values.get(k)]
     if missing:
         raise SystemExit(f"caption.py: missing --{' --'.join(missing)} (or run with no arguments for the demo)")

@@ -17,6 +17,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import ray
 
+from pipeline.context_len import resolve_max_model_len
 from pipeline.generate_stage import GenerateStage
 from pipeline.job_config import JobConfig
 from pipeline.postprocess import to_output_table
@@ -36,7 +37,7 @@ def _gpu_available() -> bool:
 
 class CaptionProcessor:
     def __init__(self, config: JobConfig, keep_types: dict[str, pa.DataType] | None = None):
-        self.config = config
+        self.config = resolve_max_model_len(config)
         self.keep_types = keep_types
         self.schema = output_schema(keep_types or {})
 

@@ -40,7 +40,8 @@ class JobConfig:
     # slots in flight its slots empty between waves (Mllama-11B: 172 slots; 256 in flight ran at 88%).
     batches_in_flight: int = 8
     preprocess_actors: tuple[int, int] = (1, 8)  # autoscaling range of the CPU stage
-    max_model_len: int = 4096
+    # None: derived from the model's processor (pipeline/context_len.py) before any stage starts.
+    max_model_len: int | None = None
     max_num_seqs: int = 256
     gpu_memory_utilization: float = 0.9
     cuda_graphs: bool = True
@@ -57,7 +58,8 @@ class JobConfig:
     max_prefill_requests: int = 32
     # tests only: {"gpu_exit_on_batch": k, "marker": path} kills a GPU actor once on its k-th batch;
     # {"decode_exit_on_id": id} kills the decoding child process on that row, every time;
-    # {"gpu_init_exit": true} kills every GPU actor while it is being constructed.
+    # {"gpu_init_exit": true} kills every GPU actor while it is being constructed;
+    # {"tp_rank_kill_on_batch": k, "marker": path} SIGKILLs a GPU actor's last tensor-parallel rank once.
     fault_injection: dict = field(default_factory=dict)
 
     def __post_init__(self):

@@ -70,6 +70,10 @@ class BaseCodec:
         self.tokenizer = Tokenizer.from_dir(self.model_dir)
         self.template = ChatTemplate.from_dir(self.model_dir)
 
+    def max_media_tokens(self) -> dict[str, int]:
+        """Largest number of prompt tokens one media item of each kind can become (its placeholder included)."""
+        raise NotImplementedError
+
     def messages(self, row: dict, n_images: int, n_videos: int) -> list[dict]:
         c = self.config
         if c.messages_column:
@@ -106,6 +110,9 @@ class MllamaCodec(BaseCodec):
         from models.mllama.image_processor import MllamaImageProcessor
 
         self.processor = MllamaImageProcessor.from_dir(self.model_dir)
+
+    def max_media_tokens(self) -> dict[str, int]:
+        return {"image": 1}  # the image is cross-attended: one `<|image|>` token in the prompt, whatever its size
 
     def prepare(self, row: dict) -> tuple[list[int], bytes]:
         image, video = self.media_cells(row)

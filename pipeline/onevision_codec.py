@@ -13,6 +13,7 @@ import numpy as np
 import torch
 
 from models.media import load_image
+from models.onevision import anyres
 from models.onevision.config import OneVisionConfig
 from models.onevision.image_processor import OneVisionImageProcessor
 from models.onevision.processor import expand_media_tokens
@@ -28,6 +29,12 @@ class OneVisionCodec(BaseCodec):
         self.images = OneVisionImageProcessor.from_dir(self.model_dir)
         self.videos = OneVisionVideoProcessor.from_dir(self.model_dir)
         self.num_frames = config.num_frames or self.videos.num_frames
+
+    def max_media_tokens(self) -> dict[str, int]:
+        v = self.model_config.vision
+        image = anyres.max_image_tokens(self.images.pinpoints, v.image_size, v.patch_size,
+                                        self.model_config.max_num_patches)
+        return {"image": image, "video": self.videos.num_tokens(self.num_frames)}
 
     def prepare(self, row: dict) -> tuple[list[int], bytes]:
         image_bytes, video_bytes = self.media_cells(row)

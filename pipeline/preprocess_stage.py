@@ -15,6 +15,7 @@ import time
 import numpy as np
 
 from models.errors import InputError
+from pipeline.context_len import resolve_max_model_len
 from pipeline.isolation import IsolatedWorker, WorkerCrashed, WorkerTimeout
 from pipeline.job_config import JobConfig
 from pipeline.media_codec import codec_for, prepare_row
@@ -23,6 +24,7 @@ from pipeline.metrics import StageMetrics
 
 class PreprocessStage:
     def __init__(self, config: JobConfig, decode_timeout_s: float = 60.0):
+        config = resolve_max_model_len(config)  # normally already resolved on the driver
         self.config = config
         self.codec = codec_for(config.model, config)
         self.worker = IsolatedWorker(prepare_row, init=(config.model, config))
@@ -40,8 +42,10 @@ class PreprocessStage:
             try:
                 ids, media_blob = self.worker.call(row, timeout=self.timeout)
                 if len(ids) > self.max_prompt:
+                    need = len(ids) + self.config.max_new_tokens
                     raise InputError(f"prompt ({len(ids)} tokens) + max_new_tokens ({self.config.max_new_tokens}) "
-                                     f"exceeds max_model_len ({self.config.max_model_len})", kind="too_long")
+                                     f"= {need} exceeds --max-model-len {self.config.max_model_len}; re-run with "
+                                     f"--max-model-len {need} or more", kind="too_long")
                 prompt_ids.append(np.asarray(ids, dtype=np.int32))
                 packed.append(media_blob)
                 errors.append(None)
