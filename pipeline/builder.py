@@ -20,6 +20,7 @@ import ray
 from pipeline.context_len import resolve_max_model_len
 from pipeline.generate_stage import GenerateStage
 from pipeline.job_config import JobConfig
+from pipeline.model_cache import local_model_dir, with_local_model
 from pipeline.postprocess import to_output_table
 from pipeline.preprocess_stage import PreprocessStage
 from pipeline.progress import Progress
@@ -37,7 +38,7 @@ def _gpu_available() -> bool:
 
 class CaptionProcessor:
     def __init__(self, config: JobConfig, keep_types: dict[str, pa.DataType] | None = None):
-        self.config = resolve_max_model_len(config)
+        self.config = resolve_max_model_len(config, local_model_dir(config.model, weights=False))
         self.keep_types = keep_types
         self.schema = output_schema(keep_types or {})
 
@@ -60,7 +61,7 @@ class CaptionProcessor:
         c = self.config
         ds = self.preprocess(ds)
         gpus = c.tp if _gpu_available() else 0
-        ds = apply_generate_stage(ds, GenerateStage, c, gpus)
+        ds = apply_generate_stage(ds, with_local_model(GenerateStage), c, gpus)
         model_name = c.model.rstrip("/").rsplit("/", 1)[-1]
         schema = self.schema
         return ds.map_batches(lambda b: to_output_table(b, model_name, schema), batch_format="numpy", num_cpus=0)
@@ -96,7 +97,8 @@ def check_model(config: JobConfig) -> None:
     from models.registry import architecture
 
     try:
-        architecture(config.model)  # both registered models run under any --tp their head counts allow
+        # Both registered models run under any --tp their head counts allow; a URL's metadata is cached here.
+        architecture(local_model_dir(config.model, weights=False))
     except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint dir is the user's to fix
         raise InputError(f"cannot use --model {config.model}: {exc}", kind="config_error") from None
 

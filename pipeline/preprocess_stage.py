@@ -9,6 +9,7 @@ uint8 (normalisation happens on the GPU). A prompt that cannot fit `max_model_le
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 
@@ -20,10 +21,13 @@ from pipeline.isolation import IsolatedWorker, WorkerCrashed, WorkerTimeout
 from pipeline.job_config import JobConfig
 from pipeline.media_codec import codec_for, prepare_row
 from pipeline.metrics import StageMetrics
+from pipeline.model_cache import local_model_dir
 
 
 class PreprocessStage:
     def __init__(self, config: JobConfig, decode_timeout_s: float = 60.0):
+        # A checkpoint URL is copied to this node once (config/tokenizer/processor files only: no weights).
+        config = dataclasses.replace(config, model=local_model_dir(config.model, weights=False))
         config = resolve_max_model_len(config)  # normally already resolved on the driver
         self.config = config
         self.codec = codec_for(config.model, config)

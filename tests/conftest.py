@@ -197,3 +197,24 @@ def our_tiny_ov(tiny_ov_dir):
     from models.onevision.model import LlavaOnevisionForConditionalGeneration
 
     return LlavaOnevisionForConditionalGeneration.from_pretrained(tiny_ov_dir, dtype=torch.float32)
+
+
+# --- S3 ---------------------------------------------------------------------------------------------------
+
+@pytest.fixture
+def moto_s3():
+    """A moto S3 server on a free local port; yields the environment (dummy credentials, endpoint) that
+    points boto/s3fs at it, for subprocesses or `monkeypatch.setenv`."""
+    import socket
+
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
+    server.start()
+    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_EC2_METADATA_DISABLED": "true"}
+    yield env
+    server.stop()

@@ -3,7 +3,8 @@
 - no arguments: the demo on the bundled media with the bundled model prints where the output went;
 - a job killed mid-way and re-run with the same command finishes the rest, every id exactly once; a
   re-run with a different prompt is refused (exit 2) unless --overwrite;
-- S3 in and out on a moto server started here (random local port, dummy credentials for this test only);
+- S3 in and out on a moto server started here (random local port, dummy credentials for this test only),
+  the model read from S3 too (copied once into the node's model cache; default --max-model-len);
 - `ray start --head` + `ray job submit --working-dir .` end to end (marked `cluster`).
 """
 
@@ -132,28 +133,21 @@ def test_killed_job_resumes_without_duplicates_and_config_change_is_refused(tiny
     assert len(output_ids(str(out))) == 8
 
 
-@pytest.fixture
-def moto_s3():
-    from moto.server import ThreadedMotoServer
-
-    port = free_port()
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port)
-    server.start()
-    env = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_EC2_METADATA_DISABLED": "true"}
-    yield env
-    server.stop()
-
-
 def test_s3_in_and_out(tiny_mllama_dir, tmp_path, moto_s3):
     import s3fs
 
     fs = s3fs.S3FileSystem(key="testing", secret="testing", endpoint_url=moto_s3["AWS_ENDPOINT_URL"])
     fs.mkdir("bucket")
     fs.put(str(images_parquet(tmp_path / "in.parquet", 12)), "bucket/in/data.parquet")
-    proc = run_cli("--model", str(tiny_mllama_dir), "--input", "s3://bucket/in/", "--output", "s3://bucket/out",
-                   "--max-new-tokens", "4", "--max-model-len", "512", "--batch-size", "4", env=moto_s3)
+    fs.put(str(tiny_mllama_dir), "bucket/ckpt/tiny-mllama", recursive=True)  # the model comes from S3 too
+    cache = tmp_path / "model-cache"
+    proc = run_cli("--model", "s3://bucket/ckpt/tiny-mllama", "--input", "s3://bucket/in/", "--output",
+                   "s3://bucket/out", "--max-new-tokens", "4", "--batch-size", "4",
+                   env={**moto_s3, "VLMCAP_MODEL_CACHE": str(cache)})
     assert proc.returncode == 0, proc.stderr[-3000:]
+    (copy,) = cache.iterdir()  # one local copy on this node, weights included, shared by all its actors
+    assert sorted(p.name for p in copy.glob("*.safetensors")) == sorted(
+        p.name for p in tiny_mllama_dir.glob("*.safetensors"))
     assert "testing" not in proc.stdout + proc.stderr  # credentials are never logged
     fs.invalidate_cache()
     parts = [p for p in fs.ls("bucket/out") if p.rsplit("/", 1)[-1].startswith("part-")]
@@ -162,6 +156,7 @@ def test_s3_in_and_out(tiny_mllama_dir, tmp_path, moto_s3):
     ids = [i for t in tables for i in t.column("id").to_pylist()]
     assert sorted(ids) == [f"r{i:03d}" for i in range(12)]
     assert all(e is None for t in tables for e in t.column("error").to_pylist())
+    assert {m for t in tables for m in t.column("model").to_pylist()} == {"tiny-mllama"}
 
 
 
