@@ -11,6 +11,7 @@ import hashlib
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import ClassVar
 
 
 @dataclass(frozen=True)
@@ -71,11 +72,13 @@ class JobConfig:
         if self.tp < 1 or self.replicas < 1:
             raise ValueError("tp and replicas must be >= 1")
 
+    # What decides the output text. (--output-format is checked by the sink from the part files' suffixes.)
+    FINGERPRINT_KEYS: ClassVar[tuple[str, ...]] = (
+        "model", "prompt", "prompt_column", "messages_column", "image_column", "video_column", "max_new_tokens",
+        "temperature", "top_p", "top_k", "seed", "stop", "num_frames", "dtype", "random_weights", "ignore_eos")
+
     def fingerprint(self) -> str:
-        keys = ("model", "prompt", "prompt_column", "messages_column", "image_column", "video_column", "max_new_tokens",
-                "temperature", "top_p", "top_k", "seed", "stop", "num_frames", "dtype", "random_weights",
-                "ignore_eos")
-        blob = json.dumps({k: getattr(self, k) for k in keys}, sort_keys=True, default=str)
+        blob = json.dumps({k: getattr(self, k) for k in self.FINGERPRINT_KEYS}, sort_keys=True, default=str)
         return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
     @classmethod

@@ -25,6 +25,7 @@ import pyarrow.parquet as pq
 from pipeline.job_config import JobConfig
 
 JOB_FILE = "_vlmcap_job.json"
+FORMATS = ("parquet", "jsonl")
 
 
 class ConfigMismatchError(RuntimeError):
@@ -54,26 +55,47 @@ class OutputSink:
         return sorted(p for p in self._listing()
                       if posixpath.basename(p).startswith("part-") and p.endswith("." + self.fmt))
 
+    def parts_of_other_formats(self) -> list[str]:
+        return sorted(p for p in self._listing() if posixpath.basename(p).startswith("part-")
+                      and p.rsplit(".", 1)[-1] in FORMATS and not p.endswith("." + self.fmt))
+
     def prepare(self, config: JobConfig) -> set[str]:
         """Check/record the fingerprint; return ids already written (empty when starting fresh)."""
         for p in self._listing():
             if posixpath.basename(p).startswith(".tmp-"):
                 self.fs.rm(p)
-        job_path = self._path(JOB_FILE)
-        if self.fs.exists(job_path):
-            stored = json.loads(self.fs.cat(job_path))
-            if stored.get("fingerprint") != config.fingerprint():
-                if not config.overwrite:
-                    raise ConfigMismatchError(
-                        f"{self.uri} holds output of a different configuration (fingerprint {stored.get('fingerprint')}"
-                        f" vs {config.fingerprint()}); use a new --output or pass --overwrite to replace it")
-                for p in self.parts():
-                    self.fs.rm(p)
-        elif self.parts() and not config.overwrite:
+        stored = self.stored_job()
+        if stored is not None and stored.get("fingerprint") != config.fingerprint():
+            if not config.overwrite:
+                raise ConfigMismatchError(
+                    f"{self.uri} holds output of a different configuration ({changed_settings(stored, config)}); "
+                    "use a new --output, the same settings, or --overwrite to replace it")
+            self._remove_parts()
+        elif stored is None and (self.parts() or self.parts_of_other_formats()) and not config.overwrite:
             raise ConfigMismatchError(f"{self.uri} holds part files but no {JOB_FILE}; pass --overwrite to replace")
-        with self.fs.open(job_path, "w") as f:
+        # Resume reads only this format's parts: parts in another format would be written again (duplicates).
+        other = self.parts_of_other_formats()
+        if other and not config.overwrite:
+            found = other[0].rsplit(".", 1)[-1]
+            raise ConfigMismatchError(
+                f"{self.uri} holds {found} output but --output-format is {self.fmt}; use --output-format {found} "
+                "to resume it, a new --output, or --overwrite to replace it")
+        if other:
+            self._remove_parts()
+        with self.fs.open(self._path(JOB_FILE), "w") as f:
             json.dump({"fingerprint": config.fingerprint(), "config": _jsonable(config)}, f, indent=2)
         return self.existing_ids()
+
+    def stored_job(self) -> dict | None:
+        """The `_vlmcap_job.json` of the job that wrote here, or None."""
+        job_path = self._path(JOB_FILE)
+        if not self.fs.exists(job_path):
+            return None
+        return json.loads(self.fs.cat(job_path))
+
+    def _remove_parts(self) -> None:
+        for p in self.parts() + self.parts_of_other_formats():
+            self.fs.rm(p)
 
     def existing_ids(self) -> set[str]:
         ids: set[str] = set()
@@ -96,7 +118,8 @@ class OutputSink:
             pq.write_table(table.cast(self.schema), data)
         else:
             for row in table.to_pylist():
-                data.write((json.dumps(row, default=str) + "\n").encode())
+                # Captions are text in any language: keep it readable (UTF-8), not \uXXXX escapes.
+                data.write((json.dumps(row, default=str, ensure_ascii=False) + "\n").encode())
         final = self._path(name)
         if self.local:
             tmp = self._path(".tmp-" + name)
@@ -108,6 +131,14 @@ class OutputSink:
                 f.write(data.getvalue())
         self.written += table.num_rows
         return final
+
+
+def changed_settings(stored: dict, config: JobConfig) -> str:
+    """Which fingerprinted settings differ from the stored job's, as flags: '--prompt: 'a' -> 'b''."""
+    before, now = stored.get("config") or {}, _jsonable(config)
+    diffs = [f"--{k.replace('_', '-')}: {before.get(k)!r} -> {now.get(k)!r}"
+             for k in JobConfig.FINGERPRINT_KEYS if before.get(k) != now.get(k)]
+    return "; ".join(diffs) or f"fingerprint {stored.get('fingerprint')} vs {config.fingerprint()}"
 
 
 def _jsonable(config: JobConfig) -> dict:

@@ -43,3 +43,38 @@ def test_different_config_refused_unless_overwrite(tmp_path):
     assert OutputSink(forced.output, output_schema()).prepare(forced) == set()
     # Non-output knobs (throughput settings) do not change the fingerprint.
     assert JobConfig(model="m", input="in", output="x", batch_size=7).fingerprint() == cfg.fingerprint()
+
+
+def test_refusal_names_the_changed_setting(tmp_path):
+    cfg = JobConfig(model="m", input="in", output=str(tmp_path / "o"), max_new_tokens=64)
+    OutputSink(cfg.output, output_schema()).prepare(cfg)
+    other = JobConfig(model="m", input="in", output=cfg.output, max_new_tokens=32, temperature=0.7)
+    with pytest.raises(ConfigMismatchError) as err:
+        OutputSink(other.output, output_schema()).prepare(other)
+    assert "--max-new-tokens: 64 -> 32" in str(err.value) and "--temperature: 0.0 -> 0.7" in str(err.value)
+    assert "--prompt" not in str(err.value)  # unchanged settings are not listed
+
+
+def test_output_format_change_is_refused_not_duplicated(tmp_path):
+    out = str(tmp_path / "o")
+    parquet = JobConfig(model="m", input="in", output=out)
+    sink = OutputSink(out, output_schema(), "parquet")
+    sink.prepare(parquet)
+    sink.write(table(["a", "b"]))
+    jsonl = JobConfig(model="m", input="in", output=out, output_format="jsonl")
+    with pytest.raises(ConfigMismatchError, match="holds parquet output but --output-format is jsonl"):
+        OutputSink(out, output_schema(), "jsonl").prepare(jsonl)
+    assert OutputSink(out, output_schema(), "parquet").prepare(parquet) == {"a", "b"}  # same format resumes
+    forced = JobConfig(model="m", input="in", output=out, output_format="jsonl", overwrite=True)
+    assert OutputSink(out, output_schema(), "jsonl").prepare(forced) == set()
+    assert not list((tmp_path / "o").glob("part-*"))  # the parquet parts were replaced, not kept beside
+
+
+def test_jsonl_keeps_non_ascii_text(tmp_path):
+    cfg = JobConfig(model="m", input="in", output=str(tmp_path / "o"), output_format="jsonl")
+    sink = OutputSink(cfg.output, output_schema(), "jsonl")
+    sink.prepare(cfg)
+    t = table(["ü-1"]).set_column(1, "text", pa.array(["Ein Hund läuft über die Straße 🐕"], pa.string()))
+    path = sink.write(t)
+    line = (tmp_path / "o" / path.rsplit("/", 1)[-1]).read_text(encoding="utf-8")
+    assert "über die Straße 🐕" in line and '"ü-1"' in line and "\\u" not in line
