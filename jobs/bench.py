@@ -2,12 +2,15 @@
 
     python jobs/bench.py --model mllama-11b --images 256 --image-size 1120 --new-tokens 64
     python jobs/bench.py --model onevision-7b --images 128 --image-size 768 --new-tokens 64
+    python jobs/bench.py --model mllama-90b --tp 2 --images 128 --skip-hf     # one replica over 2 GPUs (NCCL)
 
 Weights are random (bf16) at the shapes of the real `config.json` in ../shared/checkpoints (or
 --config DIR); gates are set non-zero so images matter. Every sequence generates exactly --new-tokens
 tokens (EOS ignored). The same synthetic images and prompt go through our engine and through
 transformers' `generate()` (batch --hf-batch, on the first --hf-images images). Prints one markdown
 table: images/s, output tokens/s, batch-1 decode step, peak GPU memory, and our ratio to HF.
+With --tp N the engine drives a tensor-parallel replica of N ranks (GPUs 0..N-1), each filling only its
+own random shard, so 90B/72B run from config.json alone; peak memory is rank 0's; HF is not run.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from pipeline.engine.builder import make_runner  # noqa: E402
 from pipeline.engine.config import EngineConfig  # noqa: E402
 from pipeline.engine.engine import Engine  # noqa: E402
 from pipeline.engine.request import Request  # noqa: E402
+from pipeline.engine.tp_engine import build_tp_engine  # noqa: E402
 from pipeline.job_config import JobConfig  # noqa: E402
 from pipeline.media_codec import codec_for  # noqa: E402
 
@@ -125,6 +129,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--hf-batch", type=int, default=32)
     ap.add_argument("--skip-hf", action="store_true")
     ap.add_argument("--no-cuda-graphs", action="store_true")
+    ap.add_argument("--tp", type=int, default=1, help="GPUs of one tensor-parallel replica (HF peer skipped)")
     ap.add_argument("--prompt", default="Describe this image in detail.")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args(argv)
@@ -142,14 +147,21 @@ def main(argv: list[str] | None = None) -> None:
         media.append(codec.unpack({"media": [blob]}, 0))
     print(f"prompt tokens (incl. image tokens): {len(prompt_ids[0])}", flush=True)
 
-    model = build_ours(ckpt, torch.bfloat16)
     cfg = EngineConfig(max_num_seqs=args.max_num_seqs, max_model_len=len(max(prompt_ids, key=len)) + args.new_tokens
                        + 8, max_prefill_requests=args.max_prefill_requests,
                        max_prefill_tokens=args.max_prefill_tokens, cuda_graphs=not args.no_cuda_graphs)
     torch.cuda.reset_peak_memory_stats()
-    runner = make_runner(model, cfg, ckpt, torch.device("cuda"), codec.tokenizer.pad_id or 0)
+    replica = None
     t0 = time.perf_counter()
-    engine = Engine(runner, None, cfg, ())  # compiles the fused kernels and captures the CUDA graphs
+    if args.tp > 1:  # every rank builds its random shard, sizes its KV, compiles and captures its graphs
+        engine, replica = build_tp_engine(ckpt, args.tp, cfg, random_weights=True, tokenizer=codec.tokenizer)
+        model = None
+    else:
+        model = build_ours(ckpt, torch.bfloat16)
+        runner = make_runner(model, cfg, ckpt, torch.device("cuda"), codec.tokenizer.pad_id or 0)
+        t0 = time.perf_counter()
+        engine = Engine(runner, None, cfg, ())  # compiles the fused kernels and captures the CUDA graphs
+    runner = engine.runner
     t_capture = time.perf_counter() - t0
     params = SamplingParams(max_new_tokens=args.new_tokens, ignore_eos=True)
     warm = [Request(f"w{i}", prompt_ids[i], media[i], params) for i in range(min(4, args.images))]
@@ -163,17 +175,20 @@ def main(argv: list[str] | None = None) -> None:
     ours = {"images_per_s": args.images / secs, "tokens_per_s": args.images * args.new_tokens / secs,
             "marginal_images_per_s": (args.images - small) / (secs - small_secs),
             "decode_ms_b1": decode_step_ms(engine), "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
-            "slots": runner.num_slots, "graph_capture_s": t_capture}
+            "slots": runner.num_slots, "graph_capture_s": t_capture, "tp": args.tp}
     print(f"ours: {ours}", flush=True)
-    del engine, runner, model
+    if replica is not None:
+        replica.shutdown()
+    del engine, runner, model, replica
     gc.collect()
     torch.cuda.empty_cache()
 
     hf = None
-    if not args.skip_hf:
+    if not args.skip_hf and args.tp == 1:
         hf = load_hf_peer().run_hf(ckpt, images[: args.hf_images], args.hf_batch, args.new_tokens, args.prompt)
         print(f"hf: {hf}", flush=True)
-    rows = [("ours (engine)", ours), (f"HF generate (batch {args.hf_batch})", hf)]
+    rows = [(f"ours (engine{f', tp={args.tp}' if args.tp > 1 else ''})", ours),
+            (f"HF generate (batch {args.hf_batch})", hf)]
     print(f"\n{args.model}: {args.images} images {args.image_size}x{args.image_size}, {args.new_tokens} new tokens, "
           f"{torch.cuda.get_device_name()}\n")
     print("| | images/s | output tokens/s | batch-1 decode step (ms) | peak GPU mem (GiB) |")

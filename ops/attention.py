@@ -31,7 +31,9 @@ def attention(
             # One query per row (decode): fold the group into the query axis so K/V are read once, not
             # copied per query head. Query head h uses kv head h // groups, as in the checkpoints.
             out = F.scaled_dot_product_attention(q.view(b, hkv, groups, d), k, v, attn_mask=mask, scale=scale)
-            return out.view(b, hq, 1, d)
+            # reshape, not view: some SDPA backends (the fp32/fp16 ones on CUDA) return a non-contiguous
+            # [b, hkv, groups, d] result, which cannot be viewed as [b, hq, 1, d].
+            return out.reshape(b, hq, 1, d)
         k = k.repeat_interleave(groups, dim=1)
         v = v.repeat_interleave(groups, dim=1)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, is_causal=causal)

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import os
 import queue
+import signal
 import sys
 import threading
 import time
@@ -124,12 +125,13 @@ class GenerateStage:
                                   dtype=config.dtype if torch.cuda.is_available() else "float32",
                                   max_images_per_request=self.codec.max_images_per_request,
                                   max_prefill_requests=config.max_prefill_requests)
+        self.replica = None
         if config.tp > 1:  # one process per GPU of this actor, rank 0 (here) driving them in lockstep
-            if config.random_weights:
-                raise ValueError("--random-weights is not supported with --tp > 1")
             from pipeline.engine.tp_engine import build_tp_engine
 
-            engine, self.replica = build_tp_engine(Path(config.model), config.tp, engine_cfg)
+            engine, self.replica = build_tp_engine(Path(config.model), config.tp, engine_cfg,
+                                                   random_weights=config.random_weights,
+                                                   on_rank_death=self._rank_died)
         else:
             engine = build_engine(Path(config.model), engine_cfg, random_weights=config.random_weights)
         self.engine = EngineThread(engine, config.engine_report_s)
@@ -140,18 +142,31 @@ class GenerateStage:
         self.lock = threading.Lock()
         self.metrics = StageMetrics("generate")
 
+    def _rank_died(self, message: str) -> None:
+        """A tensor-parallel rank is gone: this replica cannot finish its steps (under CUDA graphs rank 0
+        would wait for the lost peer forever). End the actor; Ray restarts it and retries its rows."""
+        print(f"[generate] {message}; ending this replica (pid {os.getpid()}) so that Ray restarts it and "
+              "retries its rows", file=sys.stderr, flush=True)
+        if self.replica is not None:  # None while the replica is still starting
+            self.replica.kill_workers()
+        os._exit(1)
+
     def _maybe_fail(self) -> None:
-        """Fault injection for the reliability tests: die once on the k-th batch."""
+        """Fault injection for the reliability tests, once per job (marker file): on the k-th batch die
+        (`gpu_exit_on_batch`) or SIGKILL the last tensor-parallel rank (`tp_rank_kill_on_batch`)."""
         fi = self.config.fault_injection
-        if "gpu_exit_on_batch" not in fi:
+        kind = next((k for k in ("gpu_exit_on_batch", "tp_rank_kill_on_batch") if k in fi), None)
+        if kind is None:
             return
         with self.lock:
             self.batches += 1
             n = self.batches
         marker = Path(fi["marker"])
-        if n == fi.get("gpu_exit_on_batch") and not marker.exists():
+        if n == fi[kind] and not marker.exists():
             marker.write_text(str(os.getpid()))
-            os._exit(1)
+            if kind == "gpu_exit_on_batch":
+                os._exit(1)
+            os.kill(self.replica.worker_pids[-1], signal.SIGKILL)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         self._maybe_fail()

@@ -22,6 +22,12 @@ Contract:
   start-up) makes rank 0 raise `RankDiedError` naming the rank, its pid and exit status, at start-up or at
   the next call (before the call if the death is already known, from inside it when a collective loses
   its peer). After either error: `shutdown()` and start another replica.
+- A rank that dies while rank 0 waits inside a CUDA-graph replay never surfaces as an error: the NCCL
+  kernels of the graph spin on the GPU for the lost peer (no watchdog sees graphed collectives). So
+  `Replica.start(..., on_rank_death=fn)` watches the workers' process sentinels on a thread and calls
+  `fn(message)` as soon as one exits while the replica is open; a Ray actor passes a function that ends
+  its process (Ray then restarts the replica and retries its rows). Workers in turn exit when their parent
+  (rank 0) is gone, so no orphan rank keeps its GPU's memory after rank 0 dies.
 - `shutdown()` (also on leaving the `with` block): workers leave their loop and exit 0; stragglers are
   terminated after `join_timeout_s`.
 """
@@ -32,10 +38,13 @@ import contextlib
 import importlib
 import importlib.util
 import multiprocessing as mp
+import multiprocessing.connection
 import os
 import sys
+import threading
 import time
 import traceback
+from collections.abc import Callable
 from datetime import timedelta
 from typing import Any
 
@@ -85,8 +94,16 @@ def _process_group(store: Any, rank: int, world: int, backend: str, timeout: tim
     raise ValueError(f"unknown backend {backend!r} (gloo or nccl)")
 
 
+def _exit_with_parent(parent_pid: int, poll_s: float = 0.5) -> None:
+    """A rank outliving rank 0 would hold its GPU's memory forever (e.g. after rank 0's os._exit)."""
+    while os.getppid() == parent_pid:
+        time.sleep(poll_s)
+    os._exit(1)
+
+
 def _worker_main(rank: int, world: int, port: int, backend: str, device: str, factory: str, args: tuple,
                  timeout_s: float) -> None:
+    threading.Thread(target=_exit_with_parent, args=(os.getppid(),), name="parent-watch", daemon=True).start()
     try:
         if device.startswith("cuda"):
             torch.cuda.set_device(device)
@@ -122,7 +139,8 @@ class Replica:
 
     @classmethod
     def start(cls, tp: int, factory: str, args: tuple = (), *, backend: str | None = None,
-              devices: list[int] | None = None, timeout_s: float = 600.0) -> Replica:
+              devices: list[int] | None = None, timeout_s: float = 600.0,
+              on_rank_death: Callable[[str], None] | None = None) -> Replica:
         if tp < 1:
             raise ValueError("tp must be >= 1")
         backend = backend or ("nccl" if torch.cuda.is_available() else "gloo")
@@ -141,6 +159,8 @@ class Replica:
             p.start()
             workers.append(p)
         replica = cls(ParallelContext(0, tp, None, device_of[0]), None, workers, store)
+        if on_rank_death is not None:
+            threading.Thread(target=replica._watch, args=(on_rank_death,), name="tp-rank-watch", daemon=True).start()
         try:
             replica._wait_for_workers(timeout_s)
             if backend == "nccl":
@@ -163,8 +183,23 @@ class Replica:
                 raise TimeoutError(f"tensor-parallel ranks did not connect within {timeout_s:.0f} s")
             time.sleep(0.01)
 
+    def _watch(self, on_rank_death: Callable[[str], None]) -> None:
+        multiprocessing.connection.wait([p.sentinel for p in self.workers])
+        if self.closed:
+            return
+        for p in self.workers:
+            p.join(0.1)  # reap, so the message carries the exit status
+        on_rank_death("tensor-parallel replica lost a rank: " + "; ".join(self._dead()))
+
+    def kill_workers(self) -> None:
+        """SIGKILL every rank but this one (a replica that cannot continue; no clean shutdown possible)."""
+        for p in self.workers:
+            if p.exitcode is None:
+                p.kill()
+
     def _dead(self) -> list[str]:
-        return [f"rank {r} (pid {p.pid}) exited with status {p.exitcode}"
+        return [f"rank {r} (pid {p.pid}) " + (f"was killed by signal {-p.exitcode}" if p.exitcode < 0
+                                               else f"exited with status {p.exitcode}")
                 for r, p in enumerate(self.workers, start=1) if p.exitcode is not None]
 
     def _raise_if_dead(self) -> None:

@@ -22,6 +22,7 @@ Contract:
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -37,14 +38,21 @@ from pipeline.engine.engine import Engine
 class RunnerShard:
     """Rank-local: the model shard, its runner, and its own decode graphs."""
 
-    def __init__(self, ctx: ParallelContext, ckpt_dir: str, config: EngineConfig, pad_id: int):
+    def __init__(self, ctx: ParallelContext, ckpt_dir: str, config: EngineConfig, pad_id: int,
+                 random_weights: bool = False):
         from models.registry import architecture, model_class
         from pipeline.engine.builder import make_runner
 
         device = torch.device(ctx.device)
         cls = model_class(architecture(ckpt_dir))
-        kwargs = {"tp": ctx} if ctx.world_size > 1 else {}  # models without TP still run at tp=1
-        model = cls.from_pretrained(ckpt_dir, dtype=getattr(torch, config.dtype), device=device, **kwargs)
+        dtype = getattr(torch, config.dtype)
+        if random_weights:  # benchmarks: this rank's shard at the config's shapes, nothing read
+            from models.random_weights import random_model
+
+            model = random_model(cls, ckpt_dir, dtype, device, tp=ctx)
+        else:
+            kwargs = {"tp": ctx} if ctx.world_size > 1 else {}  # models without TP still run at tp=1
+            model = cls.from_pretrained(ckpt_dir, dtype=dtype, device=device, **kwargs)
         runner = make_runner(model, config, Path(ckpt_dir), device, pad_id)
         slots = int(ctx.all_gather(torch.tensor([runner.num_slots], device=device), dim=0).min().item())
         if slots != runner.num_slots:
@@ -85,8 +93,12 @@ class TPRunner:
 
 def build_tp_engine(ckpt_dir: str | Path, tp: int, config: EngineConfig | None = None, *,
                     backend: str | None = None, devices: list[int] | None = None,
-                    tokenizer: Any = None) -> tuple[Engine, Replica]:
-    """Start a replica of `tp` ranks for `ckpt_dir` and an engine driving it (the caller shuts it down)."""
+                    tokenizer: Any = None, random_weights: bool = False,
+                    on_rank_death: Callable[[str], None] | None = None) -> tuple[Engine, Replica]:
+    """Start a replica of `tp` ranks for `ckpt_dir` and an engine driving it (the caller shuts it down).
+
+    `random_weights`: every rank fills its own shard at the config's shapes (no checkpoint read).
+    `on_rank_death`: see pipeline/engine/distributed.py (a Ray actor ends its process there)."""
     from pipeline.engine.builder import default_stop_ids
 
     ckpt_dir = Path(ckpt_dir)
@@ -96,8 +108,9 @@ def build_tp_engine(ckpt_dir: str | Path, tp: int, config: EngineConfig | None =
 
         tokenizer = Tokenizer.from_dir(ckpt_dir)
     pad_id = tokenizer.pad_id if tokenizer is not None and tokenizer.pad_id is not None else 0
-    replica = Replica.start(tp, "pipeline.engine.tp_engine:RunnerShard", (str(ckpt_dir), config, pad_id),
-                            backend=backend, devices=devices)
+    replica = Replica.start(tp, "pipeline.engine.tp_engine:RunnerShard",
+                            (str(ckpt_dir), config, pad_id, random_weights),
+                            backend=backend, devices=devices, on_rank_death=on_rank_death)
     try:
         engine = Engine(TPRunner(replica), tokenizer, dataclasses.replace(config, cuda_graphs=False),
                         default_stop_ids(ckpt_dir))

@@ -2,13 +2,17 @@
 
 Lockstep calls with real collectives, two replicas side by side (each rendezvous on its own run-time
 port), clean shutdown (workers exit 0), and a clear `RankDiedError` when a rank fails at start-up, exits
-inside a call, or is killed between calls.
+inside a call, or is killed between calls; a killed rank reported at once by the watcher (no call in flight),
+and ranks that never outlive rank 0.
 """
 
 from __future__ import annotations
 
 import os
 import signal
+import subprocess
+import sys
+import threading
 import time
 from pathlib import Path
 
@@ -64,8 +68,60 @@ def test_killed_rank_is_reported_at_the_next_call():
         deadline = time.monotonic() + 10
         while rep.workers[0].exitcode is None and time.monotonic() < deadline:
             time.sleep(0.05)
-        with pytest.raises(RankDiedError, match=f"status {-signal.SIGKILL}"):
+        with pytest.raises(RankDiedError, match=f"killed by signal {int(signal.SIGKILL)}"):
             rep.call("rank_sum", 1.0)
+
+
+def test_rank_death_is_reported_at_once_by_the_watcher():
+    """Under CUDA graphs rank 0 can wait inside a replay for a dead peer forever: the watcher calls back
+    without any call in flight."""
+    died = threading.Event()
+    messages: list[str] = []
+
+    def on_death(message: str) -> None:
+        messages.append(message)
+        died.set()
+
+    with Replica.start(2, ECHO, backend="gloo", timeout_s=60, on_rank_death=on_death) as rep:
+        assert rep.call("rank_sum", 1.0) == 3.0
+        os.kill(rep.worker_pids[0], signal.SIGKILL)
+        assert died.wait(10), "the watcher did not report the killed rank"
+    assert messages == [f"tensor-parallel replica lost a rank: rank 1 (pid {rep.worker_pids[0]}) was killed by "
+                        f"signal {int(signal.SIGKILL)}"]
+    with Replica.start(2, ECHO, backend="gloo", timeout_s=60, on_rank_death=on_death) as rep:
+        rep.call("rank_sum", 1.0)
+    time.sleep(0.5)
+    assert len(messages) == 1, "a clean shutdown is not a death"
+
+
+RANK_0_DIES = """
+import os, sys
+sys.path.insert(0, {root!r})
+from pipeline.engine.distributed import Replica
+rep = Replica.start(2, {echo!r}, backend="gloo", timeout_s=60)
+print(rep.worker_pids[0], flush=True)
+rep.ctx.broadcast_object(("busy", (120.0,), {{}}))  # rank 1 is now busy outside any collective
+os._exit(1)  # no shutdown: as a crash or the OOM killer would end rank 0
+"""
+
+
+def test_ranks_exit_when_rank_0_dies(tmp_path):
+    root = str(Path(__file__).resolve().parents[3])
+    out = subprocess.run([sys.executable, "-c", RANK_0_DIES.format(root=root, echo=ECHO)], capture_output=True,
+                         text=True, timeout=120)
+    worker = int(out.stdout.split()[0])
+    deadline = time.monotonic() + 10
+    while _alive(worker) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(worker), "an orphaned rank outlived rank 0 (it would hold its GPU's memory)"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return Path(f"/proc/{pid}").exists() and "Z" not in Path(f"/proc/{pid}/stat").read_text().split()[2]
 
 
 def test_tp1_runs_in_process():

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import time
 
 import torch
 
@@ -30,6 +31,10 @@ class Echo:
         if self.ctx.rank == rank:
             raise ValueError(f"failure on rank {rank}")
         return 1.0
+
+    def busy(self, seconds: float) -> None:
+        """Local work with no collective (as a rank replaying a CUDA graph would be): a dead peer goes unseen."""
+        time.sleep(seconds)
 
     def die_on(self, rank: int) -> float:
         if self.ctx.rank == rank:
