@@ -7,6 +7,10 @@
 Every input row yields exactly one output row (id, text, finish_reason, error, token counts, model, kept
 columns). Re-running the same command resumes: ids already written are skipped. A different model,
 prompt or sampling configuration on the same --output is refused unless --overwrite.
+
+Exit status: 0 done (also: nothing left to do), 1 runtime failure (e.g. the job stalled), 2 usage or
+configuration error (bad flag or --config, missing --input, --output is a file, unusable --model, a
+resume onto output written with other settings), 130 interrupted (Ctrl-C; what was received is saved).
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.job_config import JobConfig  # noqa: E402
+from pipeline.job_config import JobConfig, read_yaml  # noqa: E402
 
 DEMO_MODEL = ROOT / "demo" / "model"
 DEMO_INPUT = ROOT / "demo" / "media"
@@ -80,18 +84,36 @@ def parser() -> argparse.ArgumentParser:
                     "output row arrives for this many seconds, model loading included; 0 never, default 1800")
     rt.add_argument("--engine-report-interval", dest="engine_report_s", type=float, help="seconds between each "
                     "GPU actor's '[engine]' line (busy/idle share, sequences running/waiting, tokens/s), default 60")
+    rt.add_argument("--verbose", action="store_true", help="also show Ray's and Ray Data's own logs and progress "
+                    "blocks (default: only this job's progress lines, warnings and errors)")
     return p
 
 
-def config_from_args(args: argparse.Namespace) -> JobConfig:
-    values = {k: v for k, v in vars(args).items() if k != "config" and v is not None and v is not False}
+def flag_aliases(p: argparse.ArgumentParser) -> dict[str, str]:
+    """Flag name (without dashes) -> config field, for the flags whose field has another name."""
+    out = {}
+    for action in p._actions:
+        for opt in action.option_strings:
+            if opt.startswith("--") and opt[2:].replace("-", "_") != action.dest:
+                out[opt[2:]] = action.dest
+    out["no-cuda-graphs"] = "no_cuda_graphs"  # inverted below
+    return out
+
+
+def config_from_args(args: argparse.Namespace, p: argparse.ArgumentParser) -> JobConfig:
+    """Flags (over the --config YAML) -> JobConfig; ValueError for anything the user must fix."""
+    values = {k: v for k, v in vars(args).items()
+              if k not in ("config", "verbose") and v is not None and v is not False}
     for k in ("keep_columns", "stop"):
         if k in values:
             values[k] = tuple(values[k])
     if args.cuda_graphs is False:
         values["cuda_graphs"] = False
     if args.config:
-        return JobConfig.from_yaml(args.config, **values)
+        data = read_yaml(args.config, flag_aliases(p))
+        if "no_cuda_graphs" in data:
+            data["cuda_graphs"] = not data.pop("no_cuda_graphs")
+        return JobConfig.from_dict({**data, **values})
     if not values.get("model") and not values.get("input"):
         out = values.get("output") or str(Path.cwd() / "caption_demo_output")
         print(f"[caption] no --model/--input given: running the demo on {DEMO_INPUT} with the bundled "
@@ -100,34 +122,59 @@ def config_from_args(args: argparse.Namespace) -> JobConfig:
                       max_new_tokens=values.get("max_new_tokens", 16))
     missing = [k for k in ("model", "input", "output") if not values.get(k)]
     if missing:
-        raise SystemExit(f"caption.py: missing --{' --'.join(missing)} (or run with no arguments for the demo)")
+        raise ValueError(f"missing --{' --'.join(missing)} (or run with no arguments for the demo)")
     return JobConfig.from_dict(values)
 
 
+def fail(message: str, status: int) -> int:
+    print(f"caption.py: error: {message}", file=sys.stderr, flush=True)
+    return status
+
+
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    config = config_from_args(parser().parse_args(argv))
+    """Exit status: 0 done, 1 runtime failure, 2 usage or configuration error, 130 interrupted (Ctrl-C;
+    the rows received so far are committed and a re-run resumes)."""
+    cli = parser()
+    args = cli.parse_args(argv)  # argparse itself exits 2 on unknown flags
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    from models.errors import CheckpointError, InputError
+    from pipeline.preflight import preflight, rows_already_done
+    from pipeline.sink import ConfigMismatchError
+
+    try:
+        config = config_from_args(args, cli)
+        preflight(config)  # before Ray starts: a wrong path is reported in a second, not after Ray's start-up
+        done = rows_already_done(config)
+    except (ValueError, CheckpointError, ConfigMismatchError) as exc:  # InputError is a ValueError
+        return fail(str(exc), 2)
+    if done is not None:
+        print(f"[caption] nothing to do: all {done} input rows are already in {config.output} (written with these "
+              "settings); pass --overwrite to redo them", flush=True)
+        print(json.dumps({"rows_written": 0, "rows_skipped_resume": done, "output": config.output}))
+        return 0
     import ray
 
     from pipeline.builder import run_job
+    from pipeline.logs import quiet_ray
 
+    quiet_ray(verbose=args.verbose)
     # A local cluster's workers need the repo (and whatever the caller had) on their path; a submitted job's
     # working dir is already there.
     path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)
     ray.init(address=os.environ.get("RAY_ADDRESS"), ignore_reinit_error=True,
+             logging_level=logging.INFO if args.verbose else logging.WARNING,
              runtime_env={"env_vars": {"PYTHONPATH": path}} if "RAY_ADDRESS" not in os.environ else None)
-    from models.errors import InputError
-    from pipeline.sink import ConfigMismatchError
     from pipeline.watchdog import JobStalledError
 
     try:
         summary = run_job(config)
     except (ConfigMismatchError, InputError) as exc:  # the user's to fix: a clear message, not a traceback
-        print(f"caption.py: error: {exc}", file=sys.stderr, flush=True)
-        return 2
+        return fail(str(exc), 2)
     except JobStalledError as exc:
-        print(f"caption.py: error: {exc}", file=sys.stderr, flush=True)
-        return 1
+        return fail(str(exc), 1)
+    except KeyboardInterrupt:
+        return interrupted(config)
     if config.model == str(DEMO_MODEL):
         import pyarrow.dataset as pds
 
@@ -136,6 +183,24 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {r['id']}: {r['finish_reason']} {r['text']!r}{' ' + r['error'] if r['error'] else ''}")
     print(json.dumps(summary))
     return 0
+
+
+def interrupted(config: JobConfig) -> int:
+    """Ctrl-C: the rows received were committed on the way out (run_job flushes in `finally`); say how
+    many the output holds and how to go on."""
+    from pipeline.schema import output_schema
+    from pipeline.sink import OutputSink
+
+    # Ray Data's threads notice the shutdown at exit and log tracebacks about it: nothing a user can act on.
+    for name in ("ray", "ray.data"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
+    try:
+        saved = len(OutputSink(config.output, output_schema(), config.output_format).existing_ids())
+    except Exception:  # noqa: BLE001 - the message matters more than the count here
+        saved = "some"
+    print(f"[caption] interrupted: {saved} rows are saved in {config.output}; re-run the same command to "
+          "resume", file=sys.stderr, flush=True)
+    return 130
 
 
 if __name__ == "__main__":

@@ -86,7 +86,7 @@ class JobConfig:
         names = {f.name for f in dataclasses.fields(cls)}
         unknown = set(d) - names
         if unknown:
-            raise ValueError(f"unknown config keys: {sorted(unknown)}")
+            raise ValueError(f"unknown options {sorted(unknown)} (use the flag names of --help)")
         d = dict(d)
         for k in ("keep_columns", "stop", "preprocess_actors"):
             if k in d and d[k] is not None:
@@ -94,9 +94,36 @@ class JobConfig:
         return cls(**d)
 
     @classmethod
-    def from_yaml(cls, path: str | Path, **overrides) -> JobConfig:
-        import yaml
-
-        data = yaml.safe_load(Path(path).read_text()) or {}
+    def from_yaml(cls, path: str | Path, aliases: dict[str, str] | None = None, **overrides) -> JobConfig:
+        data = read_yaml(path, aliases)
         data.update({k: v for k, v in overrides.items() if v is not None})
         return cls.from_dict(data)
+
+
+def read_yaml(path: str | Path, aliases: dict[str, str] | None = None) -> dict:
+    """A YAML job file -> config keys. Keys may be spelled as the CLI flags (`max-new-tokens`,
+    `--max-new-tokens`, `progress-interval`) or as the fields (`max_new_tokens`); `aliases` maps flag names
+    whose field differs (`progress-interval` -> `progress_interval_s`). Unreadable files, YAML errors and
+    non-mapping documents raise `ValueError` with one line saying which."""
+    import yaml
+
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise ValueError(f"cannot read --config {path}: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        where = getattr(exc, "problem_mark", None)
+        line = f" (line {where.line + 1})" if where is not None else ""
+        raise ValueError(f"--config {path} is not valid YAML{line}: {getattr(exc, 'problem', None) or exc}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ValueError(f"--config {path} must be a mapping of option: value, got a {type(data).__name__}")
+    aliases = aliases or {}
+    out = {}
+    for key, value in data.items():
+        name = str(key).lstrip("-")
+        out[aliases.get(name, aliases.get(name.replace("_", "-"), name.replace("-", "_")))] = value
+    return out

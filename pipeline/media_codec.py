@@ -131,7 +131,7 @@ class MllamaCodec(BaseCodec):
         max_tiles = self.processor.config.max_image_tiles
         px = np.zeros((1, max_tiles, *a["pixels"].shape[1:]), dtype=np.uint8)
         px[0, :tiles] = a["pixels"]
-        return MllamaImages(torch.from_numpy(px), torch.from_numpy(a["aspect_ratio_id"]).long(), [tiles])
+        return MllamaImages(torch.from_numpy(px), torch.tensor(a["aspect_ratio_id"], dtype=torch.long), [tiles])
 
 
 def codec_for(model_dir: str | Path, config: JobConfig) -> BaseCodec:

@@ -59,28 +59,36 @@ class OutputSink:
         return sorted(p for p in self._listing() if posixpath.basename(p).startswith("part-")
                       and p.rsplit(".", 1)[-1] in FORMATS and not p.endswith("." + self.fmt))
 
+    def refusal(self, config: JobConfig) -> str | None:
+        """Why resuming into this output with `config` would be wrong (None: it is fine). `--overwrite`
+        turns every refusal into a replacement."""
+        if config.overwrite:
+            return None
+        stored = self.stored_job()
+        if stored is not None and stored.get("fingerprint") != config.fingerprint():
+            return (f"{self.uri} holds output of a different configuration ({changed_settings(stored, config)}); "
+                    "use a new --output, the same settings, or --overwrite to replace it")
+        other = self.parts_of_other_formats()
+        if stored is None and (self.parts() or other):
+            return f"{self.uri} holds part files but no {JOB_FILE}; pass --overwrite to replace them"
+        # Resume reads only this format's parts: parts in another format would be written again (duplicates).
+        if other:
+            found = other[0].rsplit(".", 1)[-1]
+            return (f"{self.uri} holds {found} output but --output-format is {self.fmt}; use --output-format "
+                    f"{found} to resume it, a new --output, or --overwrite to replace it")
+        return None
+
     def prepare(self, config: JobConfig) -> set[str]:
         """Check/record the fingerprint; return ids already written (empty when starting fresh)."""
         for p in self._listing():
             if posixpath.basename(p).startswith(".tmp-"):
                 self.fs.rm(p)
+        refused = self.refusal(config)
+        if refused:
+            raise ConfigMismatchError(refused)
         stored = self.stored_job()
-        if stored is not None and stored.get("fingerprint") != config.fingerprint():
-            if not config.overwrite:
-                raise ConfigMismatchError(
-                    f"{self.uri} holds output of a different configuration ({changed_settings(stored, config)}); "
-                    "use a new --output, the same settings, or --overwrite to replace it")
-            self._remove_parts()
-        elif stored is None and (self.parts() or self.parts_of_other_formats()) and not config.overwrite:
-            raise ConfigMismatchError(f"{self.uri} holds part files but no {JOB_FILE}; pass --overwrite to replace")
-        # Resume reads only this format's parts: parts in another format would be written again (duplicates).
-        other = self.parts_of_other_formats()
-        if other and not config.overwrite:
-            found = other[0].rsplit(".", 1)[-1]
-            raise ConfigMismatchError(
-                f"{self.uri} holds {found} output but --output-format is {self.fmt}; use --output-format {found} "
-                "to resume it, a new --output, or --overwrite to replace it")
-        if other:
+        if config.overwrite and (self.parts_of_other_formats() or stored is None
+                                 or stored.get("fingerprint") != config.fingerprint()):
             self._remove_parts()
         with self.fs.open(self._path(JOB_FILE), "w") as f:
             json.dump({"fingerprint": config.fingerprint(), "config": _jsonable(config)}, f, indent=2)

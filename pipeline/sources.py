@@ -1,7 +1,8 @@
 """Inputs -> a Ray Dataset of rows with the columns the rest of the pipeline expects.
 
 Accepted `--input`: a Parquet file, directory or glob (local or `s3://`), a directory of images/videos
-(read as binary files, id = relative path), or WebDataset `.tar` shards. Output rows:
+(read as binary files, id = path relative to the folder; files of other types are ignored), a single
+image or video file (id = its name), or WebDataset `.tar` shards. Output rows:
 `id` (string), `image` / `video` (bytes, or a path/URI string), and the prompt/messages/kept columns
 under their own names. Column names are configurable; a missing configured column is a clear error
 raised before the job starts (never a silently empty column).
@@ -10,6 +11,7 @@ raised before the job starts (never a silently empty column).
 from __future__ import annotations
 
 import io
+import os
 import posixpath
 import tarfile
 
@@ -25,12 +27,21 @@ IMAGE_EXT = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 VIDEO_EXT = {".mp4", ".mkv", ".webm", ".mov", ".avi", ".m4v"}
 
 
-def _kind(uri: str) -> str:
+MEDIA_EXT = IMAGE_EXT | VIDEO_EXT
+FOOTER_COUNT_MAX_FILES = 256  # above this, counting rows from footers on the driver costs too many reads
+
+
+def _has_glob(path: str) -> bool:
+    return any(c in path for c in "*?[")
+
+
+def input_kind(uri: str) -> str:
+    """'parquet', 'webdataset' or 'folder' (a media folder or a single image/video file)."""
     fs, path = fsspec.core.url_to_fs(uri)
-    if path.endswith(".parquet") or any(c in path for c in "*?["):
+    if _has_glob(path):
         return "parquet"
-    if path.endswith(".tar"):
-        return "webdataset"
+    if not fs.exists(path):
+        raise InputError(f"--input {uri} does not exist", kind="config_error")
     if fs.isdir(path):
         names = fs.ls(path, detail=False)
         if any(n.endswith(".parquet") for n in names):
@@ -38,17 +49,65 @@ def _kind(uri: str) -> str:
         if any(n.endswith(".tar") for n in names):
             return "webdataset"
         return "folder"
-    raise InputError(f"cannot read --input {uri!r}: not a parquet file/dir/glob, media folder or .tar shards")
+    ext = posixpath.splitext(path)[1].lower()
+    if ext in (".parquet", ".tar"):
+        return "parquet" if ext == ".parquet" else "webdataset"
+    if ext in MEDIA_EXT:
+        return "folder"
+    raise InputError(f"cannot read --input {uri}: not a parquet file/dir/glob, a folder of images/videos, an "
+                     "image or video file, or WebDataset .tar shards", kind="config_error")
+
+
+def media_files(uri: str) -> tuple[str, list[str]]:
+    """(base, files) of a media folder or single media file: the files Ray's `read_binary_files` reads with
+    our extension filter (it also skips relative paths starting with "." or "_"), and the prefix that
+    makes their ids relative. Anything that is not an image or video (notes.txt, meta.json) is ignored."""
+    fs, path = fsspec.core.url_to_fs(uri)
+    if fs.isdir(path):
+        base = path.rstrip("/") + "/"
+        found = [f for f in fs.find(path) if not f.removeprefix(base).startswith((".", "_"))]
+    else:
+        base, found = posixpath.dirname(path) + "/", [path]
+    files = sorted(f for f in found if posixpath.splitext(f)[1].lower() in MEDIA_EXT)
+    if not files:
+        raise InputError(f"--input {uri} holds no image or video files (looked for "
+                         f"{', '.join(sorted(MEDIA_EXT))}; other files are ignored)", kind="config_error")
+    return base, files
+
+
+def parquet_files(uri: str) -> tuple[fsspec.AbstractFileSystem, list[str]]:
+    fs, path = fsspec.core.url_to_fs(uri)
+    files = fs.glob(path) if _has_glob(path) else [path]
+    files = [f for p in files for f in ([p] if p.endswith(".parquet") else fs.find(p)) if f.endswith(".parquet")]
+    if not files:
+        raise InputError(f"no parquet files under --input {uri}", kind="config_error")
+    return fs, sorted(files)
 
 
 def parquet_schema(uri: str) -> pa.Schema:
-    fs, path = fsspec.core.url_to_fs(uri)
-    files = fs.glob(path) if any(c in path for c in "*?[") else [path]
-    files = [f for p in files for f in ([p] if p.endswith(".parquet") else fs.find(p)) if f.endswith(".parquet")]
-    if not files:
-        raise InputError(f"no parquet files under {uri!r}")
+    fs, files = parquet_files(uri)
     with fs.open(files[0], "rb") as f:
         return pq.read_schema(f)
+
+
+def input_ids(config: JobConfig) -> set[str] | None:
+    """Every input row's id, read without Ray when that is cheap (a folder listing, or the id column of a
+    few Parquet files); None otherwise. Lets a re-run with nothing left to do end before Ray starts."""
+    kind = input_kind(config.input)
+    if kind == "folder":
+        base, files = media_files(config.input)
+        return {f.removeprefix(base) for f in files}
+    if kind != "parquet":
+        return None
+    fs, files = parquet_files(config.input)
+    if len(files) > FOOTER_COUNT_MAX_FILES:
+        return None
+    ids: set[str] = set()
+    for name in files:
+        with fs.open(name, "rb") as f:
+            column = pq.read_table(f, columns=[config.id_column]).column(0)
+        ids.update(str(x) for x in column.to_pylist())
+    return ids
 
 
 def read_input(config: JobConfig) -> tuple[ray.data.Dataset, dict[str, pa.DataType]]:
@@ -61,7 +120,7 @@ def read_input_counted(config: JobConfig) -> tuple[ray.data.Dataset, dict[str, p
     """`read_input` plus the number of input rows when it is known without reading the media: Parquet
     footers, or the file count of a media folder (None for WebDataset shards). `Dataset.count()` after our
     renaming map would read every image just to count rows."""
-    kind = _kind(config.input)
+    kind = input_kind(config.input)
     if kind == "parquet":
         schema = parquet_schema(config.input)
         cols = set(schema.names)
@@ -78,12 +137,12 @@ def read_input_counted(config: JobConfig) -> tuple[ray.data.Dataset, dict[str, p
         keep = {c: schema.field(c).type for c in config.keep_columns}
         return normalise_columns(ds, config), keep, ds.count()  # from the footers: nothing is read yet
     if kind == "folder":
-        fs, path = fsspec.core.url_to_fs(config.input)
-        # Ray's listing skips relative paths starting with "." or "_"; count the same files.
-        base = path.rstrip("/") + "/"
-        total = sum(1 for f in fs.find(path) if not f.removeprefix(base).startswith((".", "_")))
-        ds = ray.data.read_binary_files(config.input, include_paths=True)
-        return ds.map_batches(_folder_rows, batch_format="pyarrow"), {}, total
+        base, files = media_files(config.input)
+        # Ray reports paths the way it was given them: an absolute local path makes them match `base`.
+        uri = config.input if "://" in config.input else os.path.abspath(config.input)
+        ds = ray.data.read_binary_files(uri, include_paths=True,
+                                        file_extensions=sorted(e[1:] for e in MEDIA_EXT))
+        return ds.map_batches(_folder_rows, fn_kwargs={"base": base}, batch_format="pyarrow"), {}, len(files)
     # Ray's own WebDataset reader decodes images in the read task (unisolated, and the JPEG bytes are gone):
     # read each shard as bytes and split it here, keeping media as bytes for the isolated decoder.
     ds = ray.data.read_binary_files(config.input, file_extensions=["tar"])
@@ -113,7 +172,8 @@ def normalise_columns(ds: ray.data.Dataset, config: JobConfig) -> ray.data.Datas
     return ds.map_batches(fn, batch_format="pyarrow")
 
 
-def _folder_rows(table: pa.Table) -> pa.Table:
+def _folder_rows(table: pa.Table, base: str = "") -> pa.Table:
+    """Ids are paths relative to the input folder (a single file's id is its name)."""
     paths = table.column("path").to_pylist()
     data = table.column("bytes").to_pylist()
     images, videos = [], []
@@ -121,7 +181,8 @@ def _folder_rows(table: pa.Table) -> pa.Table:
         ext = posixpath.splitext(p)[1].lower()
         images.append(b if ext not in VIDEO_EXT else None)
         videos.append(b if ext in VIDEO_EXT else None)
-    return pa.table({"id": paths, "image": pa.array(images, pa.binary()), "video": pa.array(videos, pa.binary())})
+    ids = [p.removeprefix(base) if base else p for p in paths]
+    return pa.table({"id": ids, "image": pa.array(images, pa.binary()), "video": pa.array(videos, pa.binary())})
 
 
 def _tar_samples(row: dict) -> list[dict]:

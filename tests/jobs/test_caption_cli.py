@@ -1,8 +1,9 @@
 """`jobs/caption.py` as users run it, in subprocesses (each starts its own local Ray):
 
 - no arguments: the demo on the bundled media with the bundled model prints where the output went;
-- a job killed mid-way and re-run with the same command finishes the rest, every id exactly once; a
-  re-run with a different prompt is refused (exit 2) unless --overwrite;
+- a job interrupted mid-way (Ctrl-C: exit 130, says how many rows are saved) and re-run with the same
+  command finishes the rest, every id exactly once; a finished job re-run says there is nothing to do; a
+  re-run with a different prompt is refused (exit 2, naming the setting) unless --overwrite;
 - S3 in and out on a moto server started here (random local port, dummy credentials for this test only),
   the model read from S3 too (copied once into the node's model cache; default --max-model-len);
 - `ray start --head` + `ray job submit --working-dir .` end to end (marked `cluster`).
@@ -87,10 +88,13 @@ def test_demo_runs_with_no_arguments(tmp_path):
     assert "running the demo" in proc.stdout and str(tmp_path / "demo") in proc.stdout
     ids = output_ids(str(tmp_path / "demo"))
     media = sorted(p for p in (ROOT / "demo" / "media").iterdir() if p.is_file())
-    assert sorted(ids) == sorted(str(p) for p in media)
+    assert sorted(ids) == sorted(p.name for p in media)  # ids are relative to the input folder
+    assert "too_long" not in proc.stdout  # the default context fits every bundled image and video
+    # Quiet by default: no Ray Data progress blocks off a terminal, no start-up chatter.
+    assert len(proc.stderr.splitlines()) <= 5, proc.stderr
 
 
-def test_killed_job_resumes_without_duplicates_and_config_change_is_refused(tiny_mllama_dir, tmp_path):
+def test_interrupted_job_resumes_without_duplicates_and_config_change_is_refused(tiny_mllama_dir, tmp_path):
     n = 160  # enough work that the first part file lands well before the end
     data = images_parquet(tmp_path / "in", n, files=20)  # many shards: output streams back shard by shard
     out = tmp_path / "out"
@@ -98,8 +102,8 @@ def test_killed_job_resumes_without_duplicates_and_config_change_is_refused(tiny
     cfg.write_text(f"model: {tiny_mllama_dir}\ninput: {data}\noutput: {out}\nmax_new_tokens: 16\n"
                    "max_model_len: 512\nbatch_size: 4\nrows_per_file: 4\nprogress_interval_s: 1\n")
     cmd = [sys.executable, str(CAPTION), "--config", str(cfg)]
-    first = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                             start_new_session=True)
+    log = tmp_path / "first.stderr"  # a file, not a pipe: a full pipe would block the job
+    first = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log.open("w"), start_new_session=True)
     deadline = time.monotonic() + 240
     while time.monotonic() < deadline and first.poll() is None:
         if any(p.name.startswith("part-") for p in out.glob("part-*")):
@@ -107,12 +111,20 @@ def test_killed_job_resumes_without_duplicates_and_config_change_is_refused(tiny
         time.sleep(0.2)
     killed = first.poll() is None
     if killed:
-        os.killpg(first.pid, signal.SIGKILL)  # the driver and its local Ray die mid-job
-        first.wait()
+        os.kill(first.pid, signal.SIGINT)  # Ctrl-C: rows received so far are committed, exit status 130
+        try:
+            first.wait(timeout=90)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(first.pid, signal.SIGKILL)  # whatever of its local Ray outlived it
+        err = log.read_text()
+        assert first.returncode == 130, err[-3000:]
+        assert "rows are saved in" in err and "re-run the same command to resume" in err
+        assert "Traceback" not in err, err[-3000:]
     partial = output_ids(str(out))
-    assert partial, "no part file was committed before the kill"
+    assert partial, "no part file was committed before the interrupt"
     if killed:
-        assert len(partial) < n
+        assert len(partial) < n and f"interrupted: {len(partial)} rows are saved" in err
 
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -123,11 +135,11 @@ def test_killed_job_resumes_without_duplicates_and_config_change_is_refused(tiny
     parts = sorted(p.name for p in out.glob("part-*"))
     again = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=300)  # a finished job, re-run
     assert again.returncode == 0, again.stderr[-3000:]
-    assert f"skipped (already written) {n}" in again.stdout
+    assert f"nothing to do: all {n} input rows are already in" in again.stdout  # said without starting Ray
     assert sorted(p.name for p in out.glob("part-*")) == parts  # nothing new written
 
     refused = run_cli("--config", str(cfg), "--prompt", "Something else entirely.")
-    assert refused.returncode == 2 and "--overwrite" in refused.stderr
+    assert refused.returncode == 2 and "--overwrite" in refused.stderr and "--prompt: " in refused.stderr
     redo = run_cli("--config", str(cfg), "--prompt", "Something else entirely.", "--overwrite", "--limit", "8")
     assert redo.returncode == 0, redo.stderr[-3000:]
     assert len(output_ids(str(out))) == 8
