@@ -64,6 +64,7 @@ def _present(cell) -> bool:
 
 class BaseCodec:
     max_images_per_request = 1
+    family = "this model"
 
     def __init__(self, model_dir: str | Path, config: JobConfig):
         self.model_dir, self.config = Path(model_dir), config
@@ -94,17 +95,24 @@ class BaseCodec:
         text = self.template.render(self.messages(row, n_images, n_videos), add_generation_prompt=True)
         return self.tokenizer.encode(text)
 
-    def media_cells(self, row: dict) -> tuple[bytes | None, bytes | None]:
+    def media_cells(self, row: dict) -> tuple[list[bytes], bytes | None]:
+        """(the row's images, its video). An image cell holds one image, or a list of them (bytes or
+        paths/URIs): several images become one request with several images."""
         img = row.get("image")
         vid = row.get("video")
-        if not _present(img) and not _present(vid):
+        images = [x for x in img if _present(x)] if isinstance(img, list | tuple) else [img] if _present(img) else []
+        if not images and not _present(vid):
             raise InputError("the row has neither an image nor a video", kind="missing_media")
+        if len(images) > self.max_images_per_request:
+            raise InputError(f"{self.family} takes at most {self.max_images_per_request} image(s) per row; this row "
+                             f"has {len(images)}", kind="unsupported_media")
         allow = self.config.allow_http
-        return (media_bytes(img, allow_http=allow) if _present(img) else None,
+        return ([media_bytes(x, allow_http=allow) for x in images],
                 media_bytes(vid, allow_http=allow) if _present(vid) else None)
 
 
 class MllamaCodec(BaseCodec):
+    family = "Llama-3.2-Vision"
     def __init__(self, model_dir, config):
         super().__init__(model_dir, config)
         from models.mllama.image_processor import MllamaImageProcessor
@@ -115,10 +123,10 @@ class MllamaCodec(BaseCodec):
         return {"image": 1}  # the image is cross-attended: one `<|image|>` token in the prompt, whatever its size
 
     def prepare(self, row: dict) -> tuple[list[int], bytes]:
-        image, video = self.media_cells(row)
+        images, video = self.media_cells(row)
         if video is not None:
             raise InputError("Llama-3.2-Vision takes images, not videos", kind="unsupported_media")
-        out = self.processor.preprocess(load_image(image), uint8=True)
+        out = self.processor.preprocess(load_image(images[0]), uint8=True)
         ids = self.prompt_ids(row, 1, 0)
         return ids, pack(pixels=out.pixel_values, aspect_ratio_id=np.array([out.aspect_ratio_id]),
                          num_tiles=np.array([out.num_tiles]))

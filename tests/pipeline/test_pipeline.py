@@ -303,3 +303,17 @@ def test_caption_processor_on_a_callers_dataset(tiny_mllama_dir, tmp_path):
     assert all(r["error"] is None and r["num_generated_tokens"] > 0 for r in out)
     assert set(out[0]) == {"id", "text", "finish_reason", "error", "num_prompt_tokens", "num_generated_tokens",
                            "model", "source"}
+
+
+def test_onevision_multi_image_rows_equal_engine(tiny_ov_dir, tmp_path):
+    """A list cell of images is one request with several images (OneVision's multi-image prompts)."""
+    rows = [{"id": "pair", "image": [jpeg(60, 90, seed=400), jpeg(80, 40, seed=401)]},
+            {"id": "trio", "image": [jpeg(50, 50, seed=402), jpeg(30, 70, seed=403), jpeg(64, 48, seed=404)]},
+            {"id": "single", "image": [jpeg(120, 80, seed=405)]}]
+    config = job(tiny_ov_dir, "unused", tmp_path / "unused", prompt="Compare the images.")
+    out = {r["id"]: r for r in watched(lambda: CaptionProcessor(config)(ray.data.from_items(rows)).take_all())}
+    want = engine_texts(config, rows)
+    for r in rows:
+        assert out[r["id"]]["error"] is None, out[r["id"]]["error"]
+        assert out[r["id"]]["text"] == want[r["id"]], r["id"]
+    assert out["trio"]["num_prompt_tokens"] > out["pair"]["num_prompt_tokens"]  # every image is in the prompt
