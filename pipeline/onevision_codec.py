@@ -2,7 +2,8 @@
 
 A row carries one image, a list of images (one multi-image request), or one video (the `image` / `video`
 cells; both present is a prompt with the images and the video). A single image becomes anyres uint8 crops
-(base first) plus its original size; each image of several becomes one square crop; videos are decoded with PyAV (`--num-frames` uniformly sampled frames, default from the checkpoint's video processor)
+(base first) plus its original size; each image of several becomes one square crop; videos are
+decoded with PyAV (`--num-frames` uniformly sampled frames, default from the checkpoint's video processor)
 and resized to uint8 frames. The rendered prompt's single `<image>` / `<video>` placeholders are expanded
 to the exact feature counts on the CPU, so the engine can size the request before the GPU sees it.
 """
