@@ -281,15 +281,22 @@ def test_ray_start_head_and_job_submit(tiny_mllama_dir, tmp_path):
             assert head.poll() is None and time.monotonic() < deadline, log.read_text()[-3000:]
             time.sleep(0.5)
         data = images_parquet(tmp_path / "in.parquet", 6)
-        submit = subprocess.run(
-            [str(ray_bin), "job", "submit", "--address", address, "--submission-id", job_id,
-             "--working-dir", str(ROOT), "--runtime-env-json",
-             # Every dot-directory (.venv, .git, caches, local wheels) stays home: the upload is only the code.
-             json.dumps({"excludes": [".?*", "demo/model", "*.egg-info", "__pycache__", "caption_demo_output"]}),
-             "--",
-             sys.executable, "jobs/caption.py", "--model", str(tiny_mllama_dir), "--input", str(data),
-             "--output", str(tmp_path / "out"), "--max-new-tokens", "4", "--max-model-len", "512"],
-            capture_output=True, text=True, timeout=400, env=env)
+        for attempt in range(30):
+            # The head prints "started" before its job agent can take jobs (CI once failed with "No available
+            # agent to submit job"): that answer means "not yet", so ask again.
+            job_id = f"caption-test-{os.getpid()}-{attempt}"
+            submit = subprocess.run(
+                [str(ray_bin), "job", "submit", "--address", address, "--submission-id", job_id,
+                 "--working-dir", str(ROOT), "--runtime-env-json",
+                 # Every dot-directory (.venv, .git, caches, local wheels) stays home: the upload is only the code.
+                 json.dumps({"excludes": [".?*", "demo/model", "*.egg-info", "__pycache__", "caption_demo_output"]}),
+                 "--",
+                 sys.executable, "jobs/caption.py", "--model", str(tiny_mllama_dir), "--input", str(data),
+                 "--output", str(tmp_path / "out"), "--max-new-tokens", "4", "--max-model-len", "512"],
+                capture_output=True, text=True, timeout=400, env=env)
+            if "No available agent" not in submit.stdout + submit.stderr:
+                break
+            time.sleep(2)
         assert submit.returncode == 0, (submit.stdout + submit.stderr)[-4000:]
         assert "is very large" not in submit.stdout + submit.stderr  # nothing big was uploaded
         assert "succeeded" in submit.stdout.lower()
