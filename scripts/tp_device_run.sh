@@ -2,7 +2,11 @@
 # The two-GPU runs behind BENCHMARKS.md's tensor-parallel section (issue 15), in priority order, each stage's
 # log in $LOG and a line per stage in $LOG/summary.txt. Needs 2 GPUs, the checkpoint metadata in
 # $VLMCAP_SHARED_CHECKPOINTS, Ray importable (device: .devpkgs) for the last stage, ~60 GB of free disk.
-#   LOG=/tmp/tp_run bash scripts/tp_device_run.sh [stage ...]    # stages: env tests b90 b72 b11 ray
+#   LOG=/tmp/tp_run bash scripts/tp_device_run.sh [stage ...]    # stages: env b90 b72 tests b11 ray
+# Each stage runs under `timeout $STAGE_TIMEOUT` (420 s). On the device, start it with setsid in the background
+# and poll $LOG/summary.txt across calls (the machine stays warm only ~30 s between calls); do not `git stash`
+# there: the device copy's .git is an older commit, and a stash takes the whole working tree (and carried
+# dirs) with it, as happened once.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 LOG=${LOG:-/tmp/tp_run}
@@ -12,7 +16,7 @@ export PYTHONUNBUFFERED=1
 stage() {
   local name=$1; shift
   echo "== $name start $(date +%T)" >> "$LOG/summary.txt"
-  "$@" > "$LOG/$name.log" 2>&1
+  timeout "${STAGE_TIMEOUT:-420}" "$@" > "$LOG/$name.log" 2>&1  # a hang costs one stage, not the lease
   local rc=$?
   echo "   $name rc=$rc end $(date +%T): $(grep -E '^\| ours|^ours:|passed|failed|ALL OK|CHECK FAILED|identical' "$LOG/$name.log" | tail -4 | tr '\n' ' ' | cut -c1-600)" >> "$LOG/summary.txt"
 }
@@ -23,11 +27,11 @@ ray_stage() {
       --config "$SHARED/Llama-3.2-11B-Vision-Instruct" --out /tmp/mllama-11b-random || return 1
   python3 scripts/tp_ray_check.py --model /tmp/mllama-11b-random --rows 256 --kill-rows 128 --work /tmp/tp_ray
 }
-stages=${*:-env tests b90 b72 b11 ray}
+stages=${*:-env b90 b72 tests b11 ray}
 for s in $stages; do
   case $s in
     env) stage env env_info ;;
-    tests) stage tests python3 -m pytest tests/gpu/test_tp_nccl.py tests/gpu/test_engine_dtypes.py -s -q -p no:cacheprovider ;;
+    tests) stage tests python3 -m pytest tests/gpu/test_tp_nccl.py tests/gpu/test_engine_dtypes.py -s -q -rA -p no:cacheprovider ;;
     b90) stage b90 bench --model mllama-90b --tp 2 --images 128 --small-images 32 --image-size 1120 --json "$LOG/b90.json" ;;
     b72) stage b72 bench --model onevision-72b --tp 2 --images 32 --small-images 8 --image-size 768 --json "$LOG/b72.json" ;;
     b11) stage b11_tp1 bench --model mllama-11b --images 256 --image-size 1120 --json "$LOG/b11_tp1.json"

@@ -28,8 +28,9 @@ Contract:
   `fn(message)` as soon as one exits while the replica is open; a Ray actor passes a function that ends
   its process (Ray then restarts the replica and retries its rows). Workers in turn exit when their parent
   (rank 0) is gone, so no orphan rank keeps its GPU's memory after rank 0 dies.
-- `shutdown()` (also on leaving the `with` block): workers leave their loop and exit 0; stragglers are
-  terminated after `join_timeout_s`.
+- `shutdown()` (also on leaving the `with` block): every rank shuts its process group down (never left to
+  a destructor: see `_close_group`), workers leave their loop and exit 0; stragglers are terminated after
+  `join_timeout_s`.
 """
 
 from __future__ import annotations
@@ -94,6 +95,15 @@ def _process_group(store: Any, rank: int, world: int, backend: str, timeout: tim
     raise ValueError(f"unknown backend {backend!r} (gloo or nccl)")
 
 
+def _close_group(group: Any) -> None:
+    """Tear a process group down on purpose, on every rank at the same point. Left to its destructor, a
+    ProcessGroupNCCL aborts its communicators when garbage-collected; seen on two H200s: that abort hung
+    rank 0 for the 600 s timeout while the next replica's ranks waited for it."""
+    close = getattr(group, "shutdown", None)
+    if close is not None:
+        close()
+
+
 def _exit_with_parent(parent_pid: int, poll_s: float = 0.5) -> None:
     """A rank outliving rank 0 would hold its GPU's memory forever (e.g. after rank 0's os._exit)."""
     while os.getppid() == parent_pid:
@@ -116,6 +126,7 @@ def _worker_main(rank: int, world: int, port: int, backend: str, device: str, fa
         while True:
             msg = ctx.broadcast_object(None)
             if msg is None:
+                _close_group(ctx.group)  # rank 0 does the same after sending None
                 break
             method, a, kw = msg
             try:
@@ -250,6 +261,7 @@ class Replica:
         if self.workers and not self._dead() and self.ctx.group is not None:
             with contextlib.suppress(Exception):  # a rank is gone; the others are terminated below
                 self.ctx.broadcast_object(None)
+                _close_group(self.ctx.group)
         for p in self.workers:
             p.join(join_timeout_s)
             if p.exitcode is None:

@@ -1,7 +1,19 @@
 """GPU-only tests: skipped cleanly where CUDA is absent (CI). Run them on the device machine."""
 
+import faulthandler
+import os
+
 import pytest
 import torch
+
+
+@pytest.fixture(autouse=True)
+def hang_guard():
+    """Device time is scarce: a hung test (e.g. a collective waiting for a lost peer) ends the session with
+    every thread's traceback after VLMCAP_GPU_TEST_TIMEOUT seconds instead of eating the whole lease."""
+    faulthandler.dump_traceback_later(float(os.environ.get("VLMCAP_GPU_TEST_TIMEOUT", "300")), exit=True)
+    yield
+    faulthandler.cancel_dump_traceback_later()
 
 
 def pytest_collection_modifyitems(config, items):
