@@ -16,7 +16,7 @@ export PYTHONUNBUFFERED=1
 stage() {
   local name=$1; shift
   echo "== $name start $(date +%T)" >> "$LOG/summary.txt"
-  timeout "${STAGE_TIMEOUT:-420}" "$@" > "$LOG/$name.log" 2>&1  # a hang costs one stage, not the lease
+  timeout "${STAGE_TIMEOUT:-420}" bash -c "$*" > "$LOG/$name.log" 2>&1  # a hang costs one stage, not the lease
   local rc=$?
   echo "   $name rc=$rc end $(date +%T): $(grep -E '^\| ours|^ours:|passed|failed|ALL OK|CHECK FAILED|identical' "$LOG/$name.log" | tail -4 | tr '\n' ' ' | cut -c1-600)" >> "$LOG/summary.txt"
 }
@@ -27,6 +27,8 @@ ray_stage() {
       --config "$SHARED/Llama-3.2-11B-Vision-Instruct" --out /tmp/mllama-11b-random || return 1
   python3 scripts/tp_ray_check.py --model /tmp/mllama-11b-random --rows 256 --kill-rows 128 --work /tmp/tp_ray
 }
+export -f env_info bench ray_stage
+export LOG SHARED
 stages=${*:-env b90 b72 tests b11 ray}
 for s in $stages; do
   case $s in
