@@ -1,0 +1,194 @@
+"""One replica's serving state: the model's codec, the shared engine thread, admission control, metrics.
+
+Contract:
+- `ChatService(config)` loads the checkpoint (a local directory or an fsspec URL, cached per node as in
+  the batch job), builds the engine exactly as the batch job's GPU stage does (`--tp` included) and starts
+  the engine thread; `ready` is true once that returned (weights loaded, CUDA graphs captured). Tests may
+  pass a prebuilt `engine`.
+- `prepare(req)` turns a validated request into prompt ids + engine media on a worker thread (decoding and
+  the processors are CPU work that must not block the event loop), through the same codec as a batch row
+  (`messages` column convention), so the same messages and image give the same prompt ids and pixels.
+  Refusals are typed `APIError`s (400), including a prompt + max_tokens over the context.
+- `admission(n)` bounds the choices in flight (preprocessing included) at `max_pending`; above it a request
+  gets 429 with `Retry-After`, so a burst queues in clients instead of in the replica's memory.
+- Prompts are never logged; `record` writes one line per request (status, tokens, latency) and the metrics.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+import os
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from models.errors import InputError
+from ops.sampling import SamplingParams
+from pipeline.context_len import resolve_max_model_len
+from pipeline.job_config import JobConfig
+from pipeline.media_codec import codec_for
+from pipeline.serve.messages import MediaLimits, split_media
+from pipeline.serve.metrics import ServeMetrics
+from pipeline.serve.schemas import APIError, ChatRequest
+from pipeline.serve.stream_engine import AsyncEngine, ServeRequest
+
+log = logging.getLogger("vlmcap.serve")
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    model: str
+    served_model_name: str | None = None  # the `model` clients send; default: the checkpoint's folder name
+    api_key: str | None = None
+    max_model_len: int | None = None  # None: what the model's processor needs (pipeline/context_len.py)
+    max_num_seqs: int = 64
+    max_pending: int | None = None  # choices in flight per replica; None: 2 x the engine's slots
+    default_max_tokens: int = 512  # when a request gives neither max_tokens nor max_completion_tokens
+    default_temperature: float = 0.0  # the batch job's default (greedy); OpenAI's own default would be 1.0
+    max_n: int = 8
+    num_frames: int | None = None
+    tp: int = 1
+    dtype: str = "bfloat16"
+    cuda_graphs: bool = True
+    random_weights: bool = False
+    max_prefill_requests: int = 32
+    preprocess_threads: int = 4
+    max_body_bytes: int = 64 * 2**20
+    media: MediaLimits = field(default_factory=MediaLimits)
+    engine_report_s: float = 600.0
+
+    @property
+    def model_name(self) -> str:
+        return self.served_model_name or Path(str(self.model).rstrip("/")).name
+
+
+@dataclass
+class Prepared:
+    prompt_ids: list[int]
+    media: Any
+    max_new_tokens: int
+
+
+class ChatService:
+    def __init__(self, config: ServeConfig, engine: Any = None):
+        from pipeline.model_cache import local_model_dir
+
+        self.config = config
+        self.model_name = config.model_name
+        model_dir = local_model_dir(config.model, weights=engine is None and not config.random_weights)
+        job = JobConfig(model=model_dir, input="-", output="-", prompt=None, messages_column="messages",
+                        num_frames=config.num_frames, max_new_tokens=config.default_max_tokens,
+                        max_model_len=config.max_model_len, max_num_seqs=config.max_num_seqs, tp=config.tp)
+        self.job = resolve_max_model_len(job)
+        self.codec = codec_for(model_dir, self.job)
+        self.replica = None
+        self.engine = AsyncEngine(engine if engine is not None else self._build_engine(model_dir),
+                                  config.engine_report_s)
+        self.max_len = self.job.max_model_len
+        slots = len(self.engine.streaming.scheduler.free) + self.engine.running_count()
+        self.max_pending = config.max_pending if config.max_pending is not None else 2 * slots
+        videos = 1 if "video" in self.codec.max_media_tokens() else 0
+        self.limits = dataclasses.replace(config.media, max_images=min(config.media.max_images,
+                                                                       self.codec.max_images_per_request),
+                                          max_videos=min(config.media.max_videos, videos))
+        self.pending = 0  # touched only on the event loop's thread
+        self.pool = ThreadPoolExecutor(config.preprocess_threads, thread_name_prefix="preprocess")
+        self.metrics = ServeMetrics()
+        self.ready = True
+
+    def _build_engine(self, model_dir: str):
+        import torch
+
+        from pipeline.engine.builder import build_engine
+        from pipeline.engine.config import EngineConfig
+
+        c = self.config
+        cfg = EngineConfig(max_num_seqs=c.max_num_seqs, max_model_len=self.job.max_model_len, cuda_graphs=c.cuda_graphs,
+                           dtype=c.dtype if torch.cuda.is_available() else "float32",
+                           max_images_per_request=self.codec.max_images_per_request,
+                           max_prefill_requests=c.max_prefill_requests)
+        if c.tp > 1:
+            from pipeline.engine.tp_engine import build_tp_engine
+
+            engine, self.replica = build_tp_engine(Path(model_dir), c.tp, cfg, random_weights=c.random_weights,
+                                                   on_rank_death=self._rank_died)
+            return engine
+        return build_engine(Path(model_dir), cfg, random_weights=c.random_weights)
+
+    def _rank_died(self, message: str) -> None:
+        # As in the batch job's GPU stage: the replica cannot finish its steps; Serve restarts it.
+        print(f"[serve] {message}; ending this replica", file=sys.stderr, flush=True)
+        if self.replica is not None:
+            self.replica.kill_workers()
+        os._exit(1)
+
+    def healthy(self) -> bool:
+        return self.ready and self.engine.alive()
+
+    @contextlib.contextmanager
+    def admission(self, n: int):
+        if self.pending + n > self.max_pending:
+            raise APIError(429, f"this replica has {self.pending} choices in flight (limit {self.max_pending}); "
+                           "retry shortly", type="rate_limit_error", code="rate_limit_exceeded",
+                           headers={"Retry-After": "1"})
+        self.pending += n
+        self.metrics.pending(self.pending)
+        try:
+            yield
+        finally:
+            self.pending -= n
+            self.metrics.pending(self.pending)
+
+    async def prepare(self, req: ChatRequest) -> Prepared:
+        return await asyncio.get_running_loop().run_in_executor(self.pool, self._prepare, req)
+
+    def _prepare(self, req: ChatRequest) -> Prepared:
+        messages, images, videos = split_media(req.messages, self.limits)
+        row = {"messages": messages, "image": images or None, "video": videos[0] if videos else None}
+        try:
+            if images or videos:
+                ids, blob = self.codec.prepare(row)
+                media = self.codec.unpack({"media": [blob]}, 0)
+            else:  # text only: the codec's prompt path without media
+                ids, media = self.codec.prompt_ids(row, 0, 0), None
+        except InputError as exc:
+            raise APIError(400, str(exc), param="messages", code=exc.kind) from None
+        room = self.max_len - len(ids)
+        wanted = req.max_new_tokens
+        max_new = min(self.config.default_max_tokens, room) if wanted is None else wanted
+        if max_new < 1 or len(ids) + max_new > self.max_len:
+            raise APIError(400, f"this model's maximum context length is {self.max_len} tokens; the messages take "
+                           f"{len(ids)} and {max_new if wanted is not None else 'at least 1'} more were asked for",
+                           param="messages", code="context_length_exceeded")
+        return Prepared(ids, media, max_new)
+
+    def engine_requests(self, p: Prepared, req: ChatRequest) -> list[ServeRequest]:
+        temperature = self.config.default_temperature if req.temperature is None else req.temperature
+        out = []
+        for i in range(req.n):
+            sampling = SamplingParams(max_new_tokens=p.max_new_tokens, temperature=temperature,
+                                      top_p=1.0 if req.top_p is None else req.top_p, top_k=req.top_k or 0,
+                                      seed=None if req.seed is None else req.seed + i, stop=req.stop_strings)
+            # Every choice gets the same (read-only) media: the runner copies it to the device.
+            out.append(ServeRequest(os.urandom(8).hex(), list(p.prompt_ids), p.media, sampling))
+        return out
+
+    def record(self, status: int, prompt_tokens: int, generated: int, seconds: float,
+               first_token_s: float | None) -> None:
+        """One log line per request (never the prompt) and the request metrics."""
+        ttft = "-" if first_token_s is None else f"{first_token_s * 1e3:.0f}"
+        log.info("status=%d prompt_tokens=%d completion_tokens=%d latency_ms=%.0f ttft_ms=%s", status,
+                 prompt_tokens, generated, seconds * 1e3, ttft)
+        self.metrics.request(status, generated, seconds, first_token_s)
+
+    def shutdown(self) -> None:
+        self.ready = False
+        self.engine.thread.stop()
+        self.pool.shutdown(wait=False)
+        if self.replica is not None:
+            self.replica.shutdown()

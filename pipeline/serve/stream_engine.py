@@ -1,0 +1,144 @@
+"""Per-token streaming and cancellation for an engine shared by all in-flight HTTP requests of a replica.
+
+The batch job's `EngineThread` (pipeline/generate_stage.py) owns the engine loop and resolves one Future per
+request when it completes; it is reused unchanged. `StreamingEngine` wraps the engine it drives and adds,
+inside that same thread (so the engine is never touched from two threads):
+- after every `step()`, each running `ServeRequest` with an `on_tokens` callback gets its new token ids
+  (the first one right after its prefill: time to first token);
+- a `ServeRequest` whose `cancelled` flag is set (the client went away) is taken out of the waiting queue or
+  its running slot is released at the start of the next step, and completes with
+  `finish_reason="error", error="cancelled: ..."`, so its slot serves the next request.
+`AsyncEngine` bridges to asyncio: `submit` returns an awaitable future, `stream` an async iterator of
+`("tokens", ids)` events ending with `("done", completion)`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline.engine.request import Completion, Request
+from pipeline.generate_stage import EngineThread
+
+
+@dataclass
+class ServeRequest(Request):
+    on_tokens: Callable[[list[int]], None] | None = None  # called on the engine thread; must not block
+    cancelled: bool = False  # set from any thread; a plain bool store is atomic in CPython
+    published: int = field(default=0, repr=False)  # output tokens already handed to on_tokens
+
+
+class StreamingEngine:
+    """Duck-types the engine for `EngineThread` (add / step / has_work / scheduler / stats)."""
+
+    def __init__(self, engine: Any):
+        self.engine = engine
+        self.cancels = 0  # bumped on every cancel(); the step scans only when it changed
+        self._seen_cancels = 0
+        self._ready: list[Completion] = []
+
+    @property
+    def scheduler(self) -> Any:
+        return self.engine.scheduler
+
+    @property
+    def stats(self) -> dict:
+        return self.engine.stats
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.engine.tokenizer
+
+    def add(self, request: Request) -> None:
+        if getattr(request, "cancelled", False):  # cancelled while still in the thread's inbox
+            self._ready.append(Completion.failed(request, "cancelled: the client went away"))
+            return
+        self.engine.add(request)
+
+    def has_work(self) -> bool:
+        return bool(self._ready) or self.engine.has_work()
+
+    def running_count(self) -> int:
+        return len(self.engine.scheduler.running)
+
+    def step(self) -> list[Completion]:
+        done, self._ready = self._ready, []
+        if self.cancels != self._seen_cancels:
+            self._seen_cancels = self.cancels
+            done.extend(self._drop_cancelled())
+        if self.engine.has_work():
+            done.extend(self.engine.step())
+        for seq in self.engine.scheduler.running.values():
+            r = seq.request
+            if isinstance(r, ServeRequest) and r.on_tokens is not None and len(seq.output) > r.published:
+                new = seq.output[r.published:]
+                r.published = len(seq.output)
+                r.on_tokens(new)
+        return done
+
+    def _drop_cancelled(self) -> list[Completion]:
+        sched = self.engine.scheduler
+        out = []
+        for r in [r for r in sched.waiting if getattr(r, "cancelled", False)]:
+            sched.waiting.remove(r)
+            out.append(Completion.failed(r, "cancelled: the client went away"))
+        for slot, seq in list(sched.running.items()):
+            if getattr(seq.request, "cancelled", False):
+                sched.release(slot)  # what the engine does when a sequence finishes
+                out.append(Completion(seq.request.request_id, list(seq.output), None, "error",
+                                      len(seq.request.prompt_ids), len(seq.output), "cancelled: the client went away"))
+        return out
+
+
+class AsyncEngine:
+    """The replica's engine thread, shared by every request of the event loop that calls it."""
+
+    def __init__(self, engine: Any, report_s: float = 60.0):
+        self.streaming = StreamingEngine(engine)
+        self.thread = EngineThread(self.streaming, report_s)
+        self._lock = threading.Lock()
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.streaming.tokenizer
+
+    def running_count(self) -> int:
+        return self.streaming.running_count()
+
+    def alive(self) -> bool:
+        return self.thread.thread.is_alive()
+
+    def cancel(self, request: ServeRequest) -> None:
+        request.cancelled = True
+        with self._lock:
+            self.streaming.cancels += 1
+
+    async def submit(self, request: ServeRequest) -> Completion:
+        return await asyncio.wrap_future(self.thread.submit(request))
+
+    async def stream(self, requests: list[ServeRequest]) -> AsyncIterator[tuple[int, str, Any]]:
+        """Run `requests` (the choices of one HTTP request); yield `(choice, "tokens", ids)` as tokens are
+        generated and `(choice, "done", completion)` once per choice. Closing the iterator early (the client
+        disconnected) cancels the choices still running."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue = asyncio.Queue()
+        for i, r in enumerate(requests):
+            r.on_tokens = lambda ids, i=i: loop.call_soon_threadsafe(queue.put_nowait, (i, "tokens", ids))
+        pending = set(range(len(requests)))
+        try:
+            for i, r in enumerate(requests):
+                fut = self.thread.submit(r)
+                # Resolved after the step that published the last tokens: the queue keeps that order.
+                fut.add_done_callback(lambda f, i=i: loop.call_soon_threadsafe(queue.put_nowait, (i, "done", f)))
+            while pending:
+                i, kind, value = await queue.get()
+                if kind == "done":
+                    pending.discard(i)
+                    value = value.result()
+                yield i, kind, value
+        finally:
+            for i in pending:
+                self.cancel(requests[i])
