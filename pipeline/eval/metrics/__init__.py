@@ -35,8 +35,11 @@ def _per_row(fn: Callable[[str | None, list[str]], float]):
 
 
 def _choice(preds, answers, options) -> Scores:
-    return [choice_accuracy(p, list(a or []), list(o or [])) for p, a, o in
-            zip(preds, answers, options, strict=True)], None
+    """Rows without options (MMMU's open questions) are scored by exact match."""
+    rows = []
+    for p, a, o in zip(preds, answers, options, strict=True):
+        rows.append(choice_accuracy(p, list(a or []), list(o)) if o else _answers.exact_match(p, list(a or [])))
+    return rows, None
 
 
 def _caption(fn, corpus: bool):
