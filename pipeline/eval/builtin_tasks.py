@@ -10,7 +10,8 @@ Notes per task:
   short-answer instruction. Up to 7 images per question become one multi-image request (OneVision;
   Llama-3.2-Vision answers multi-image rows with an `unsupported_media` error row, which scores 0).
 - coco_captions: CIDEr-D (headline), BLEU-4, ROUGE-L over the 5 reference captions in `answer`.
-- easy_vqa: one answer per question, so exact match (see scripts in pipeline/eval/easy_vqa.py).
+- easy_vqa: one answer per question, so exact match (VQA accuracy needs several answers); make its Parquet
+  with `python -m pipeline.eval.easy_vqa out.parquet` (pipeline/eval/easy_vqa.py).
 """
 
 from __future__ import annotations

@@ -99,3 +99,25 @@ def test_prepare_jsonl_paths_positional_ids_limit_and_missing_columns(tmp_path):
                    answers_column="answer")
     with pytest.raises(ValueError, match=r"lacks columns \['id'\]"):
         prepare_task(bad, {"default": bad}, str(tmp_path / "out2"))
+
+
+def test_easy_vqa_converter_feeds_the_builtin_task(tmp_path):
+    """The converter on a miniature of the package's data layout, then the built-in spec prepares it."""
+    from pipeline.eval.easy_vqa import main as convert_main
+
+    data = tmp_path / "data" / "test"
+    (data / "images").mkdir(parents=True)
+    for i in range(2):
+        (data / "images" / f"{i}.png").write_bytes(f"png-{i}".encode())
+    qs = [["what is the red shape?", "triangle", 0], ["is there a circle?", "no", 0], ["what color?", "blue", 1]]
+    (data / "questions.json").write_text(json.dumps(qs))
+    out = tmp_path / "easy.parquet"
+    assert convert_main([str(out), "--data-dir", str(tmp_path / "data")]) == 0
+    rows = pq.read_table(out).to_pylist()
+    assert [r["id"] for r in rows] == ["test-0", "test-1", "test-2"]
+    assert rows[2]["image"] == b"png-1" and rows[1]["answer"] == "no"
+    task = load_task({"name": "easy_vqa", "input": str(out)})
+    prepared = prepare_task(task, {"default": task}, str(tmp_path / "out"))
+    got = pq.read_table(prepared.uri + "/data.parquet").to_pylist()
+    assert got[0]["answers"] == ["triangle"]
+    assert got[0]["prompt__default"] == "what is the red shape?\nAnswer the question using a single word or phrase."
