@@ -5,7 +5,13 @@ and seeded n > 1 included); the official `openai` client works against it."""
 
 from __future__ import annotations
 
+import asyncio
+import base64
+import json
+from pathlib import Path
+
 import pytest
+import torch
 
 from ops.sampling import SamplingParams
 from pipeline.engine.builder import build_engine
@@ -13,6 +19,7 @@ from pipeline.engine.config import EngineConfig
 from pipeline.engine.request import Request
 from pipeline.job_config import JobConfig
 from pipeline.media_codec import codec_for
+from pipeline.serve.schemas import parse_request
 
 PROMPT = "What is in the picture?"
 
@@ -23,14 +30,14 @@ def batch_path(tiny_ov_dir, kit):
     engine = build_engine(tiny_ov_dir, EngineConfig(max_num_seqs=2, max_model_len=kit.MAX_LEN, cuda_graphs=False,
                                                     dtype="float32", max_images_per_request=64), device="cpu")
 
-    def run(images: list[bytes], prompt: str, max_new_tokens: int):
+    def run(images: list[bytes], prompt: str, max_new_tokens: int, video: bytes | None = None):
         config = JobConfig(model=str(tiny_ov_dir), input="-", output="-", prompt=prompt, max_model_len=kit.MAX_LEN,
                            max_new_tokens=max_new_tokens)
         codec = codec_for(tiny_ov_dir, config)
-        ids, blob = codec.prepare({"id": "row", "image": images})
-        request = Request("row", ids, codec.unpack({"media": [blob]}, 0), SamplingParams(max_new_tokens=max_new_tokens))
-        [done] = engine.generate([request])
-        return done
+        ids, blob = codec.prepare({"id": "row", "image": images or None, "video": video})
+        media = codec.unpack({"media": [blob]}, 0)
+        [done] = engine.generate([Request("row", ids, media, SamplingParams(max_new_tokens=max_new_tokens))])
+        return done, ids, media
 
     return run
 
@@ -44,14 +51,31 @@ def chat(http, service, messages, **fields):
 @pytest.mark.parametrize("n_images", [1, 2])
 def test_greedy_answer_equals_the_batch_path(http, ov_service, batch_path, kit, n_images):
     images = [kit.png(60 + 20 * k, 40, seed=k) for k in range(n_images)]
-    want = batch_path(images, PROMPT, 12)
-    got = chat(http, ov_service, kit.image_message(PROMPT, *images), max_tokens=12)
+    want, ids, media = batch_path(images, PROMPT, 12)
+    messages = kit.image_message(PROMPT, *images)
+    # The engine inputs themselves: a tiny random model's text barely depends on the pixels.
+    prepared = asyncio.run(ov_service.prepare(parse_request(json.dumps({"model": "m", "messages": messages}), 1)))
+    assert prepared.prompt_ids == ids
+    assert prepared.media.image_sizes == media.image_sizes
+    assert all(torch.equal(a, b) for a, b in zip(prepared.media.images, media.images, strict=True))
+    got = chat(http, ov_service, messages, max_tokens=12)
     assert got["object"] == "chat.completion" and got["id"].startswith("chatcmpl-")
     [choice] = got["choices"]
     assert choice["message"] == {"role": "assistant", "content": want.text, "refusal": None}
     assert choice["finish_reason"] == want.finish_reason
     assert got["usage"] == {"prompt_tokens": want.num_prompt_tokens, "completion_tokens": want.num_generated_tokens,
                             "total_tokens": want.num_prompt_tokens + want.num_generated_tokens}
+
+
+def test_video_url_equals_the_batch_path(http, ov_service, batch_path):
+    clip = (Path(__file__).parents[3] / "demo" / "media" / "clip_9frames.mp4").read_bytes()
+    want, ids, media = batch_path([], PROMPT, 8, video=clip)
+    url = "data:video/mp4;base64," + base64.b64encode(clip).decode()
+    messages = [{"role": "user", "content": [{"type": "video_url", "video_url": {"url": url}},
+                                             {"type": "text", "text": PROMPT}]}]
+    got = chat(http, ov_service, messages, max_tokens=8)
+    assert got["choices"][0]["message"]["content"] == want.text
+    assert got["usage"]["prompt_tokens"] == len(ids) == want.num_prompt_tokens
 
 
 def test_text_only_request(http, ov_service):
@@ -96,13 +120,22 @@ def test_stream_chunks_add_up_to_the_answer(http, ov_service, kit):
 
 def test_stop_strings_cut_streamed_and_whole_answers_alike(http, ov_service, kit):
     messages = kit.image_message(PROMPT, kit.png(seed=3))
-    full = chat(http, ov_service, messages, max_tokens=24)["choices"][0]["message"]["content"]
-    stop = full[len(full) // 2: len(full) // 2 + 3]
-    assert len(stop) == 3, full
-    cut = chat(http, ov_service, messages, max_tokens=24, stop=[stop])
+    # Seeded sampling: greedy text of a tiny random model repeats one token, and every stop string would
+    # then first occur inside the first delta. A seed makes the varied text reproducible.
+    fields = dict(max_tokens=24, temperature=1.0, seed=11)
+    chunks = kit.sse_events(stream(http, ov_service, messages, **fields))[:-1]
+    deltas = [c["choices"][0]["delta"].get("content", "") for c in chunks if c["choices"]]
+    deltas = [d for d in deltas if d]
+    full = "".join(deltas)
+    # A stop string whose first occurrence straddles two streamed deltas: the first part was already
+    # decodable when the engine had not yet seen the whole stop string, so it must be held back.
+    ends = [sum(map(len, deltas[: k + 1])) for k in range(len(deltas))]
+    stop = next(s for k in range(len(deltas) - 1) for s in [deltas[k][-1:] + deltas[k + 1][:2]]
+                if len(s) == 3 and any(full.find(s) < e < full.find(s) + 3 for e in ends))
+    cut = chat(http, ov_service, messages, **fields, stop=[stop])
     assert cut["choices"][0]["message"]["content"] == full[: full.find(stop)]
     assert cut["choices"][0]["finish_reason"] == "stop"
-    streamed = kit.sse_events(stream(http, ov_service, messages, max_tokens=24, stop=stop))
+    streamed = kit.sse_events(stream(http, ov_service, messages, **fields, stop=stop))
     assert texts(streamed[:-1], 1) == [full[: full.find(stop)]]
 
 
@@ -126,7 +159,7 @@ def test_official_openai_client(ov_server, ov_service, batch_path, kit):
     import openai
 
     image = kit.png(seed=5)
-    want = batch_path([image], PROMPT, 12)
+    want = batch_path([image], PROMPT, 12)[0]
     client = openai.OpenAI(base_url=ov_server.url + "/v1", api_key="unused", max_retries=0)
     assert [m.id for m in client.models.list()] == [ov_service.model_name]
     r = client.chat.completions.create(model=ov_service.model_name, messages=kit.image_message(PROMPT, image),
