@@ -106,3 +106,13 @@ def test_aggregate_fractional_uses_normal_interval():
     assert agg.ci_high - agg.value == pytest.approx(1.959964 * sd / 5**0.5, abs=1e-6)
     shifted = aggregate(scores, corpus=0.25)
     assert shifted.value == 0.25 and shifted.ci_high - 0.25 == pytest.approx(agg.ci_high - agg.value)
+
+
+def test_metrics_import_neither_ray_nor_torch():
+    """DESIGN.md: metrics are pure functions; scoring must not need a Ray or torch install."""
+    import subprocess
+    import sys
+
+    code = ("import sys, pipeline.eval.metrics, pipeline.eval.score; "
+            "bad = [m for m in ('ray', 'torch', 'transformers') if m in sys.modules]; assert not bad, bad")
+    subprocess.run([sys.executable, "-c", code], check=True)
