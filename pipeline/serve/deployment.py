@@ -18,6 +18,7 @@ from pipeline.serve.app import build_app
 from pipeline.serve.service import ChatService, ServeConfig
 
 
+@serve.deployment
 @serve.ingress()
 class VlmcapServer:
     def __init__(self, config: ServeConfig):

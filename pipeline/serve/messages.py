@@ -100,7 +100,8 @@ def split_media(messages: list[Message], limits: MediaLimits) -> tuple[list[dict
         raise _bad(f"{n_images} images in one request; this server takes at most {limits.max_images}",
                    "too_many_images")
     if n_videos > limits.max_videos:
-        raise _bad(f"{n_videos} videos in one request; this server takes at most {limits.max_videos}",
+        raise _bad(f"{n_videos} videos in one request; this model takes no videos" if limits.max_videos == 0 else
+                   f"{n_videos} videos in one request; this server takes at most {limits.max_videos}",
                    "too_many_videos")
     for m in messages:
         msg: dict = {"role": "system" if m.role == "developer" else m.role}
