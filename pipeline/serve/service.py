@@ -40,6 +40,17 @@ from pipeline.serve.stream_engine import AsyncEngine, ServeRequest
 log = logging.getLogger("vlmcap.serve")
 
 
+def _request_log() -> None:
+    """The per-request lines go to stderr at INFO whatever the process's logging setup (uvicorn, a Serve
+    replica, whose stderr Ray collects), once."""
+    if not log.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("[serve] %(message)s"))
+        log.addHandler(handler)
+        log.setLevel(logging.INFO)
+        log.propagate = False
+
+
 @dataclass(frozen=True)
 class ServeConfig:
     model: str
@@ -99,6 +110,7 @@ class ChatService:
         self.pending = 0  # touched only on the event loop's thread
         self.pool = ThreadPoolExecutor(config.preprocess_threads, thread_name_prefix="preprocess")
         self.metrics = ServeMetrics()
+        _request_log()
         self.ready = True
 
     def _build_engine(self, model_dir: str):
