@@ -11,6 +11,7 @@ A streamed response whose client disconnects is closed at once, which cancels it
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import time
@@ -53,6 +54,26 @@ class _SSEResponse(StreamingResponse):
         finally:
             await self.body_iterator.aclose()
             await self.inner.aclose()
+
+
+async def _unless_disconnected(request: Request, work):
+    """Await `work`, cancelling it (and so its engine requests) when the client disconnects first: a server
+    does not cancel a plain handler by itself, and an abandoned request would hold its slot to the end."""
+    async def disconnected() -> None:
+        while (await request.receive())["type"] != "http.disconnect":  # the body is read: only this remains
+            pass
+
+    task, watch = asyncio.ensure_future(work), asyncio.ensure_future(disconnected())
+    try:
+        await asyncio.wait({task, watch}, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watch.cancel()
+        if not task.done():
+            task.cancel()  # its `except CancelledError` cancels the engine requests
+            await asyncio.wait({task})
+    if task.cancelled():
+        return None  # the client went away; nobody reads the answer
+    return task.result()
 
 
 def _sse(obj: dict | str) -> str:
@@ -131,7 +152,11 @@ def build_app(service, api_key: str | None = None) -> FastAPI:
             req = parse_request(await read_body(request), cfg.max_n)
             check_model(req.model)
             if not req.stream:
-                return JSONResponse(await complete(service, req))
+                body = await _unless_disconnected(request, complete(service, req))
+                if body is None:
+                    service.record(499, 0, 0, time.perf_counter() - t0, None)
+                    return Response(status_code=499)
+                return JSONResponse(body)
             chunks = stream_chunks(service, req)
             try:
                 first = await chunks.__anext__()  # engine refusals become plain HTTP errors

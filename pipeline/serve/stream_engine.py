@@ -76,7 +76,11 @@ class StreamingEngine:
             if isinstance(r, ServeRequest) and r.on_tokens is not None and len(seq.output) > r.published:
                 new = seq.output[r.published:]
                 r.published = len(seq.output)
-                r.on_tokens(new)
+                try:
+                    r.on_tokens(new)
+                except Exception:  # noqa: BLE001 - e.g. its event loop is gone; the engine must go on
+                    r.cancelled = True
+                    self.cancels += 1
         return done
 
     def _drop_cancelled(self) -> list[Completion]:
@@ -117,7 +121,17 @@ class AsyncEngine:
             self.streaming.cancels += 1
 
     async def submit(self, request: ServeRequest) -> Completion:
-        return await asyncio.wrap_future(self.thread.submit(request))
+        # Not `asyncio.wrap_future`: cancelling the awaiting task would cancel the thread's Future, and the
+        # engine thread's `set_result` on a cancelled Future raises, which ends the process (EngineThread).
+        loop = asyncio.get_running_loop()
+        result: asyncio.Future = loop.create_future()
+
+        def resolve(f) -> None:
+            if not result.done():
+                result.set_result(f.result())
+
+        self.thread.submit(request).add_done_callback(lambda f: loop.call_soon_threadsafe(resolve, f))
+        return await result
 
     async def stream(self, requests: list[ServeRequest]) -> AsyncIterator[tuple[int, str, Any]]:
         """Run `requests` (the choices of one HTTP request); yield `(choice, "tokens", ids)` as tokens are

@@ -104,3 +104,21 @@ def test_unknown_routes_and_models_answer_in_the_error_shape(http, ov_service):
     assert http.get(f"/v1/models/{ov_service.model_name}").json()["id"] == ov_service.model_name
     r = http.get("/v1/completions")
     assert r.status_code == 404 and set(r.json()["error"]) == {"message", "type", "param", "code"}
+
+
+def test_a_dropped_non_streaming_request_is_cancelled(ov_server, ov_service, kit):
+    import json
+    import socket
+    from urllib.parse import urlsplit
+
+    stats = ov_service.engine.streaming.stats
+    before = stats["generated_tokens"]
+    body = json.dumps({"model": ov_service.model_name, "max_tokens": 800,
+                       "messages": kit.image_message("Tell me everything.", kit.png(seed=9))}).encode()
+    where = urlsplit(ov_server.url)
+    with socket.create_connection((where.hostname, where.port)) as sock:  # raw, to drop it mid-request
+        sock.sendall(b"POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n" % len(body) + body)
+        kit.wait_until(lambda: ov_service.engine.running_count() == 1, "the request to run")
+    kit.wait_until(lambda: ov_service.engine.running_count() == 0 and ov_service.pending == 0, "the slot to free")
+    assert stats["generated_tokens"] - before < 800
