@@ -53,3 +53,11 @@ def test_second_image_and_video_are_refused(mllama, kit):
                                                   "messages": [{"role": "user", "content": [video]}]})
     assert r.status_code == 400 and r.json()["error"]["code"] == "too_many_videos"
     assert "takes no videos" in r.json()["error"]["message"]
+
+
+def test_text_only_request(mllama):
+    service, client = mllama
+    r = client.post("/v1/chat/completions", json={"model": service.model_name, "max_tokens": 4,
+                                                  "messages": [{"role": "user", "content": "Hello"}]})
+    assert r.status_code == 200, r.text
+    assert 1 <= r.json()["usage"]["completion_tokens"] <= 4
