@@ -12,6 +12,7 @@ actor and retries its batches; we never raise `sys.exit` from an actor.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import queue
@@ -19,7 +20,7 @@ import signal
 import sys
 import threading
 import time
-from concurrent.futures import Future
+from concurrent.futures import Future, InvalidStateError
 from pathlib import Path
 
 import numpy as np
@@ -80,7 +81,11 @@ class EngineThread:
                     self.window.running += len(sched.running)
                     self.window.waiting += len(sched.waiting)
                     for c in self.engine.step():
-                        self.futures.pop(c.request_id).set_result(c)
+                        fut = self.futures.pop(c.request_id)
+                        # A caller may have cancelled its Future (an online client that went away); that
+                        # is its business, not a reason to end the replica.
+                        with contextlib.suppress(InvalidStateError):
+                            fut.set_result(c)
                 t2 = time.perf_counter()
                 self.window.idle += t1 - t0
                 self.window.busy += t2 - t1

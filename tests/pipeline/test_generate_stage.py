@@ -65,3 +65,19 @@ def test_each_caller_gets_its_own_completions_and_report_lines(capsys):
     m = re.search(r"busy (\d+)%, idle (\d+)%, (\d+) steps of [\d.]+ ms, running ([\d.]+), waiting ([\d.]+), "
                   r"(\d+) tokens/s", busy[0])
     assert m and int(m.group(3)) >= 1 and float(m.group(4)) >= 0
+
+
+def test_a_cancelled_future_does_not_end_the_engine_thread():
+    """An online caller that gives up cancels its Future; the engine thread (which ends the process when it
+    dies) must finish that request quietly and keep serving the others."""
+    engine = MockEngine(steps_per_request=2)
+    thread = EngineThread(engine, report_s=1e9)
+    params = SamplingParams(max_new_tokens=2)
+    gone = thread.submit(Request("gone", [1], None, params))
+    assert gone.cancel()
+    kept = thread.submit(Request("kept", [1], None, params))
+    assert kept.result(timeout=30).text == "text kept"
+    later = thread.submit(Request("later", [1], None, params))
+    assert later.result(timeout=30).text == "text later"
+    assert thread.thread.is_alive()
+    thread.stop()
