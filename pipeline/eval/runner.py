@@ -6,6 +6,8 @@ rows left to generate, and returns one result record per cell (also written as `
 A cell whose `cell.json` has the same inputs fingerprint is skipped; one with a different fingerprint is
 refused (`ValueError`: a run id names one configuration; start a new run id). An unfinished cell resumes
 from its committed rows; rows that are all written already skip the pipeline and go straight to scoring.
+`mark_finished(sweep, run_id)` (after the results are written) writes the run's HTML report and marks it
+finished.
 """
 
 from __future__ import annotations
@@ -74,7 +76,13 @@ def choose_run_id(sweep: Sweep, requested: str | None) -> str:
     return requested
 
 
-def mark_finished(sweep: Sweep, run_id: str) -> None:
+def mark_finished(sweep: Sweep, run_id: str, log=print) -> None:
+    """After `report.write_results`: writes `<run>/report.html`, then marks the run finished. The report
+    comes first so that a failure to write it leaves the run unfinished (a re-run skips every cell and
+    writes it again) instead of a finished run without its report."""
+    from pipeline.eval.html_report import write_html_report
+
+    log(f"[eval] report: {write_html_report(sweep.output, run_id)}")
     info = read_json(f"{sweep.output}/{run_id}/run.json") or {"run_id": run_id, "started_at": time.time()}
     write_json(f"{sweep.output}/{run_id}/run.json", {**info, "sweep": sweep.fingerprint(), "finished": True})
 
