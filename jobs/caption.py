@@ -47,6 +47,8 @@ def parser() -> argparse.ArgumentParser:
     io.add_argument("--keep-columns", nargs="*", help="input columns copied to the output")
     io.add_argument("--limit", type=int, help="process only the first N rows (smoke tests)")
     io.add_argument("--overwrite", action="store_true", help="replace output written with another configuration")
+    io.add_argument("--gallery", type=int, metavar="N", help="when the job is done, write <output>/gallery.html: "
+                    "N sampled rows with thumbnail, id and caption or error (self-contained HTML)")
     pr = p.add_argument_group("prompt")
     pr.add_argument("--prompt", help="one user turn: the row's media, then this text (default: describe the image)")
     pr.add_argument("--prompt-column", help="per-row prompt text column")
@@ -175,6 +177,10 @@ def main(argv: list[str] | None = None) -> int:
         return fail(str(exc), 1)
     except KeyboardInterrupt:
         return interrupted(config)
+    if config.gallery:
+        from pipeline.gallery import write_gallery
+
+        print(f"[caption] gallery: {write_gallery(config, config.gallery)}", flush=True)
     if config.model == str(DEMO_MODEL):
         import pyarrow.dataset as pds
 
