@@ -163,7 +163,8 @@ def worst_section(output: str, run_id: str, rows: list[dict], worst: int) -> str
         thumbs = _thumbnails(output, task, picked)
         cells = []
         for r in picked:
-            thumb = thumbs.get(r["id"])
+            # By id, so a thumbnail made for another cell's row of the same id must not show on an error row.
+            thumb = thumbs.get(r["id"]) if r.get("error") is None else None
             img = f'<img class="thumb" src="{esc(thumb)}" alt="{esc(r["id"])}">' if thumb else \
                 '<span class="muted">no image</span>'
             pred = f'<span class="err">{esc(r["error"])}</span>' if r.get("error") else esc(r.get("text"))

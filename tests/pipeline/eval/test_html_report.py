@@ -146,10 +146,14 @@ def test_report_tables_trend_thumbnails_and_escaping(run_dir):
         thumb = Image.open(io.BytesIO(base64.b64decode(src.split(",", 1)[1])))
         assert thumb.format == "JPEG" and thumb.size == (128, 85)  # 300x200 source, longest side 128
 
-    # The <script> prediction is not among the worst 4; with all rows it is, as text.
+    # The <script> prediction is not among the worst 4; with all rows it is, as text. The error row still
+    # has no thumbnail although m's row of the same id (q1, no error) now has one.
     page = Page(Path(write_html_report(run_dir, "r2", worst=10)).read_text(encoding="utf-8"))
     assert "script" not in page.tags
-    assert SCRIPT in [c[0] for r in page.table_with("prediction")[1:] for c in r]
+    table = page.table_with("prediction")
+    assert SCRIPT in [c[0] for r in table[1:] for c in r]
+    imgs = {(r[1][0], r[3][0]): r[0][1] for r in table[1:]}  # (model, id) -> the image cell's srcs
+    assert len(imgs) == 10 and imgs[("n", "q1")] == [] and len(imgs[("m", "q1")]) == 1
 
 
 def test_report_without_matplotlib_keeps_the_values_table(run_dir, monkeypatch):
