@@ -5,6 +5,8 @@ Two entry points:
   image and/or video columns (bytes or paths/URIs; plus prompt/messages/kept columns as configured);
   returns a Dataset in the output schema (`ray.data.llm`-style: build a processor from a config, apply
   it to a Dataset). Kept columns take their types from the Dataset's schema unless `keep_types` is given.
+  Image cells may also be decoded uint8 arrays (`ray.data.read_images`); a Dataset without the id column
+  takes its ids from `path`, or is refused on the driver (pipeline/sources.py).
 - `run_job(config)`: the whole job as `jobs/caption.py` runs it: read, skip ids already written (resume),
   process, and write part files from the driver with progress lines and a final summary.
 """
@@ -26,7 +28,7 @@ from pipeline.preprocess_stage import PreprocessStage
 from pipeline.progress import Progress
 from pipeline.schema import output_schema
 from pipeline.sink import OutputSink
-from pipeline.sources import normalise_columns, read_input_counted
+from pipeline.sources import check_id_column, normalise_columns, read_input_counted
 from pipeline.watchdog import iterate_with_stall_timeout
 
 FLUSH_SECONDS = 30.0
@@ -37,16 +39,23 @@ def _gpu_available() -> bool:
 
 
 class CaptionProcessor:
-    def __init__(self, config: JobConfig, keep_types: dict[str, pa.DataType] | None = None):
+    def __init__(self, config: JobConfig, keep_types: dict[str, pa.DataType] | None = None, *,
+                 input_checked: bool = False):
         self.config = resolve_max_model_len(config, local_model_dir(config.model, weights=False))
         self.keep_types = keep_types
+        # run_job's rows come from read_input (ids made and checked there): asking a lazily mapped Dataset
+        # for its schema would execute its first block on the driver, maybe the whole input.
+        self.input_checked = input_checked
         self.schema = output_schema(keep_types or {})
 
     def preprocess(self, ds: ray.data.Dataset) -> ray.data.Dataset:
         """The CPU half alone: rows with `prompt_ids`, packed uint8 `media` and `error` (benchmarks use it)."""
         c = self.config
+        schema = ds.schema() if not self.input_checked or (self.keep_types is None and c.keep_columns) else None
+        if not self.input_checked and schema is not None:
+            check_id_column(schema.names, c)  # a caller's Dataset: refused here, not deep inside a Ray task
         if self.keep_types is None and c.keep_columns:
-            types = dict(zip(ds.schema().names, ds.schema().types, strict=True))
+            types = dict(zip(schema.names, schema.types, strict=True))
             self.schema = output_schema({k: _arrow_type(types[k]) for k in c.keep_columns})
         ds = normalise_columns(ds, c)  # idempotent: rows from read_input are already normalised
         lo, hi = c.preprocess_actors
@@ -109,7 +118,7 @@ def run_job(config: JobConfig) -> dict:
     if config.limit:
         ds = ds.limit(config.limit)
         total = min(total, config.limit) if total is not None else None
-    processor = CaptionProcessor(config, keep_types)
+    processor = CaptionProcessor(config, keep_types, input_checked=True)
     sink = OutputSink(config.output, processor.schema, config.output_format)
     done = sink.prepare(config)
     if done:

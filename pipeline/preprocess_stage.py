@@ -4,7 +4,8 @@ one row out, always: a failure becomes the row's typed `error` and the row skips
 Untrusted media is decoded in a child process (pipeline/isolation.py): a decoder crash or hang becomes
 `decode_crash` / `decode_timeout` for that row instead of a Ray task retried forever. Pixels leave as
 uint8 (normalisation happens on the GPU). A prompt that cannot fit `max_model_len` together with
-`max_new_tokens` is refused here (`too_long`), so its pixels never travel to the GPU stage.
+`max_new_tokens` is refused here (`too_long`), so its pixels never travel to the GPU stage. An image cell
+may be a decoded uint8 array (`ray.data.read_images`): it reaches the codec as an array, not a list.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ class PreprocessStage:
         out = {k: batch[k] for k in batch if k == "id" or k.startswith("keep__")}
         prompt_ids, packed, errors, n_prompt = [], [], [], []
         for i in range(n):
-            row = {k: _cell(batch[k][i]) for k in batch if not k.startswith("keep__")}
+            row = {k: _cell(batch[k][i], k) for k in batch if not k.startswith("keep__")}
             try:
                 ids, media_blob = self.worker.call(row, timeout=self.timeout)
                 if len(ids) > self.max_prompt:
@@ -73,8 +74,10 @@ def _objects(items: list) -> np.ndarray:
     return arr
 
 
-def _cell(value):
+def _cell(value, name: str = ""):
     if isinstance(value, np.ndarray):
+        if name == "image" and value.dtype != object:
+            return value  # a decoded image: as a nested list it would read as a list of images
         return value.tolist()
     if isinstance(value, np.generic):
         return value.item()

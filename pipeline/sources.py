@@ -6,6 +6,11 @@ image or video file (id = its name), or WebDataset `.tar` shards. Output rows:
 `id` (string), `image` / `video` (bytes, or a path/URI string), and the prompt/messages/kept columns
 under their own names. Column names are configurable; a missing configured column is a clear error
 raised before the job starts (never a silently empty column).
+
+A caller's own Dataset (`CaptionProcessor`) goes through `normalise_columns` only. Without the configured
+id column its ids come from a `path` column (`ray.data.read_images(..., include_paths=True)`): ids must be
+the same on every run for resume to skip finished rows, so row numbers are never invented; with neither
+column it is refused with `InputError` on the driver (`check_id_column`).
 """
 
 from __future__ import annotations
@@ -149,10 +154,21 @@ def read_input_counted(config: JobConfig) -> tuple[ray.data.Dataset, dict[str, p
     return ds.flat_map(_tar_samples), {}, None
 
 
+def check_id_column(names: list[str], config: JobConfig) -> None:
+    """Refuse, on the driver, a Dataset whose rows `normalise_columns` could not give a stable id."""
+    if config.id_column in names or "id" in names or "path" in names:
+        return
+    raise InputError(
+        f"the Dataset has no id column {config.id_column!r} (columns: {sorted(names)}): add one with a stable "
+        "value per row (resume skips ids already written), name yours with id_column=..., or read images with "
+        "ray.data.read_images(..., include_paths=True) to use the file paths as ids", kind="config_error")
+
+
 def normalise_columns(ds: ray.data.Dataset, config: JobConfig) -> ray.data.Dataset:
     """Configured names -> `id` (string), `image`, `video`; kept columns are copied to `keep__<name>` (a
-    kept column may also be the prompt or id column). Touches only columns that exist under their configured
-    names and copies not made yet, so applying it twice changes nothing."""
+    kept column may also be the prompt or id column). Without the id column, `path` is copied to `id`.
+    Touches only columns that exist under their configured names and copies not made yet, so applying it
+    twice changes nothing."""
     mapping = {config.id_column: "id"}
     if config.image_column:
         mapping[config.image_column] = "image"
@@ -165,6 +181,11 @@ def normalise_columns(ds: ray.data.Dataset, config: JobConfig) -> ray.data.Datas
             if k in table.column_names and "keep__" + k not in table.column_names:
                 table = table.append_column("keep__" + k, table.column(k))
         table = table.rename_columns([mapping.get(n, n) for n in table.column_names])
+        if "id" not in table.column_names:
+            # Callers check this on the driver (check_id_column); a Dataset whose batches differ still fails
+            # with the same typed message.
+            check_id_column(table.column_names, config)
+            table = table.append_column("id", table.column("path"))
         if table.column("id").type != pa.string():
             table = table.set_column(table.column_names.index("id"), "id", table.column("id").cast(pa.string()))
         return table
