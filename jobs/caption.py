@@ -47,7 +47,7 @@ def parser() -> argparse.ArgumentParser:
     io.add_argument("--keep-columns", nargs="*", help="input columns copied to the output")
     io.add_argument("--limit", type=int, help="process only the first N rows (smoke tests)")
     io.add_argument("--overwrite", action="store_true", help="replace output written with another configuration")
-    io.add_argument("--gallery", type=int, metavar="N", help="when the job is done, write <output>/gallery.html: "
+    io.add_argument("--gallery", type=int, metavar="N", help="when the job is done, write <output>/_gallery.html: "
                     "N sampled rows with thumbnail, id and caption or error (self-contained HTML)")
     pr = p.add_argument_group("prompt")
     pr.add_argument("--prompt", help="one user turn: the row's media, then this text (default: describe the image)")

@@ -1,4 +1,4 @@
-"""A look at a caption run: `<output>/gallery.html`, a self-contained page of sampled rows.
+"""A look at a caption run: `<output>/_gallery.html`, a self-contained page of sampled rows.
 
 Contract: `write_gallery(config, n, seed=0)` samples `n` output rows uniformly (seeded, so the same output
 gives the same page) and writes one HTML file with no external assets: per row a JPEG thumbnail (`data:`
@@ -29,7 +29,9 @@ from pipeline.sink import OutputSink
 from pipeline.sources import IMAGE_EXT, input_kind, media_files, parquet_files
 from pipeline.thumbnails import media_cell_bytes, parquet_cells, thumbnail_uri
 
-GALLERY_FILE = "gallery.html"
+# "_" like _vlmcap_job.json: pyarrow/pandas/Spark readers skip "_" and "." names, so reading the output
+# directory as a dataset (the job's own demo printout does) never trips over the page.
+GALLERY_FILE = "_gallery.html"
 STYLE = """body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#222}
 .grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(260px,1fr));gap:12px}
 .card{border:1px solid #ddd;border-radius:6px;padding:8px;display:flex;gap:8px}

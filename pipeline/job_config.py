@@ -57,7 +57,7 @@ class JobConfig:
     ignore_eos: bool = False  # benchmarks: always generate max_new_tokens
     random_weights: bool = False  # benchmarks / dry runs: random weights at the config's shapes, no checkpoint read
     max_prefill_requests: int = 32
-    # jobs/caption.py --gallery N: <output>/gallery.html with N sampled rows once the job is done. A view of
+    # jobs/caption.py --gallery N: <output>/_gallery.html with N sampled rows once the job is done. A view of
     # the output, not of how it was made: deliberately not in FINGERPRINT_KEYS, so it never blocks a resume.
     gallery: int = 0
     # tests only: {"gpu_exit_on_batch": k, "marker": path} kills a GPU actor once on its k-th batch;
@@ -75,7 +75,7 @@ class JobConfig:
         if self.tp < 1 or self.replicas < 1:
             raise ValueError("tp and replicas must be >= 1")
         if self.gallery < 0:
-            raise ValueError("gallery must be >= 0 (rows shown in gallery.html)")
+            raise ValueError("gallery must be >= 0 (rows shown in _gallery.html)")
 
     # What decides the output text. (--output-format is checked by the sink from the part files' suffixes.)
     FINGERPRINT_KEYS: ClassVar[tuple[str, ...]] = (

@@ -1,4 +1,4 @@
-"""`jobs/caption.py --gallery N` -> `<output>/gallery.html`, from tiny fake outputs (no Ray): the page parses,
+"""`jobs/caption.py --gallery N` -> `<output>/_gallery.html`, from tiny fake outputs (no Ray): the page parses,
 shows N sampled rows (all rows when fewer) with their own captions or errors, JPEG thumbnails <= 128 px for
 the rows without an error from each input kind (Parquet, media folder, WebDataset), escaped text; the flag
 reaches JobConfig and does not change the resume fingerprint."""
@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.dataset as pds
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
@@ -111,7 +112,9 @@ def test_gallery_all_rows(tmp_path, kind, fmt):
                        image_column="img") if kind == "parquet" else \
         JobConfig(model="m", input=source, output=str(tmp_path / "out"), output_format=fmt)
     uri = write_gallery(config, 50)
-    assert uri == str(tmp_path / "out" / "gallery.html")
+    assert uri == str(tmp_path / "out" / "_gallery.html")
+    # the output directory still reads as a dataset with the page in it
+    assert pds.dataset(tmp_path / "out", format="json" if fmt == "jsonl" else fmt).count_rows() == len(ids)
     page = Cards(Path(uri).read_text(encoding="utf-8"))
     assert "script" not in page.tags
     assert sorted(c["id"] for c in page.cards) == sorted(ids)  # fewer rows than asked: all of them
