@@ -93,7 +93,7 @@ def main(argv: list[str] | None = None) -> None:
                            max_prefill_requests=args.max_prefill_requests, stop=(), ignore_eos=True,
                            engine_report_s=5.0)
         ds, keep = read_input(config)
-        processor = CaptionProcessor(config, keep)
+        processor = CaptionProcessor(config, keep, input_checked=True)  # read_input rows carry ids
         t0 = time.perf_counter()
         rows, errors, first = 0, [], None
         out = processor.preprocess(ds) if args.preprocess_only else processor(ds)
