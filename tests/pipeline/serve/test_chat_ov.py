@@ -177,13 +177,13 @@ def test_official_openai_client(ov_server, ov_service, batch_path, kit):
 
 
 def test_concurrent_requests_get_their_one_at_a_time_answers(http, ov_service, kit, monkeypatch):
-    """16 requests from 8 threads share the engine's 4 slots: batching never changes an answer."""
+    """32 requests from 16 threads share the engine's 4 slots: batching never changes an answer."""
     from concurrent.futures import ThreadPoolExecutor
 
     monkeypatch.setattr(ov_service, "max_pending", 64)
     bodies = [dict(messages=kit.image_message(f"Question {k}?", kit.png(40 + 7 * k, 50, seed=k)), max_tokens=6 + k % 5,
-                   **({"temperature": 0.8, "seed": k} if k % 3 == 0 else {})) for k in range(16)]
+                   **({"temperature": 0.8, "seed": k} if k % 3 == 0 else {})) for k in range(32)]
     alone = [chat(http, ov_service, **b)["choices"][0]["message"]["content"] for b in bodies]
-    with ThreadPoolExecutor(8) as pool:
+    with ThreadPoolExecutor(16) as pool:
         together = list(pool.map(lambda b: chat(http, ov_service, **b)["choices"][0]["message"]["content"], bodies))
     assert together == alone
