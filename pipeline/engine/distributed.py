@@ -126,6 +126,9 @@ def _worker_main(rank: int, world: int, port: int, backend: str, device: str, fa
         while True:
             msg = ctx.broadcast_object(None)
             if msg is None:
+                del local  # its CUDA graphs hold NCCL kernels: gone, and the device idle, before the comm goes
+                if device.startswith("cuda"):
+                    torch.cuda.synchronize()
                 _close_group(ctx.group)  # rank 0 does the same after sending None
                 break
             method, a, kw = msg
@@ -261,6 +264,8 @@ class Replica:
         if self.workers and not self._dead() and self.ctx.group is not None:
             with contextlib.suppress(Exception):  # a rank is gone; the others are terminated below
                 self.ctx.broadcast_object(None)
+                if self.ctx.device.startswith("cuda"):
+                    torch.cuda.synchronize(self.ctx.device)
                 _close_group(self.ctx.group)
         for p in self.workers:
             p.join(join_timeout_s)
