@@ -33,7 +33,7 @@ def tokens_single_and_tp2(directory, config, requests) -> tuple[dict, dict]:
         got = {c.request_id: c.token_ids for c in engine.generate(requests)}
     finally:
         replica.shutdown()
-    assert [p.exitcode for p in replica.workers] == [0], "rank 1 did not exit cleanly after shutdown"
+    assert [p.exitcode for p in replica.workers] == [0], f"rank 1 exited with {replica.workers[0].exitcode}"
     return want, got
 
 
