@@ -13,6 +13,7 @@ Two entry points:
 
 from __future__ import annotations
 
+import dataclasses
 import time
 
 import pyarrow as pa
@@ -112,6 +113,17 @@ def check_model(config: JobConfig) -> None:
         raise InputError(f"cannot use --model {config.model}: {exc}", kind="config_error") from None
 
 
+def fit_batch_size(config: JobConfig, rows: int | None) -> JobConfig:
+    """Small jobs get smaller Ray batches: at least as many batches as the GPU stage holds in flight, so
+    every replica gets work and output (progress, committed parts) arrives row group by row group instead
+    of in one block at the end (a 6-row demo at batch size 64 was one batch: progress sat at 0/6). Large
+    jobs keep `batch_size`; the engine sees every row in flight either way."""
+    if not rows:
+        return config
+    fitted = max(1, -(-rows // (config.replicas * config.batches_in_flight)))
+    return dataclasses.replace(config, batch_size=fitted) if fitted < config.batch_size else config
+
+
 def run_job(config: JobConfig) -> dict:
     check_model(config)
     ds, keep_types, total = read_input_counted(config)
@@ -126,6 +138,7 @@ def run_job(config: JobConfig) -> dict:
                             batch_format="pyarrow")
     # `done` may hold ids beyond --limit: then the remaining count is unknown rather than wrong.
     remaining = total - len(done) if total is not None and len(done) <= total else None
+    processor.config = fit_batch_size(processor.config, remaining)  # before the stages are built below
     progress = Progress(remaining, config.progress_interval_s)
     writer = _PartWriter(sink, progress, config.rows_per_file)
     stream = processor(ds).iter_batches(batch_format="pyarrow", batch_size=None)

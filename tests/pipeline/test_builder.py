@@ -45,3 +45,14 @@ def test_each_actor_runs_batches_in_flight_calls_at_once(tmp_path):
     rows = apply_generate_stage(ds, ConcurrencyProbe, config, gpus=0).take_all()
     assert sorted(int(r["id"]) for r in rows) == list(range(48))
     assert sum(r["passed_barrier"] for r in rows) == 3 * 4  # 3 calls of 4 rows met at the barrier
+
+
+def test_small_jobs_get_batches_for_every_call_in_flight():
+    from pipeline.builder import fit_batch_size
+
+    base = JobConfig(model="m", input="i", output="o", batch_size=64, batches_in_flight=8)
+    assert fit_batch_size(base, 6).batch_size == 1  # 6 batches: rows come back (and commit) one by one
+    assert fit_batch_size(base, 100).batch_size == 13
+    assert fit_batch_size(JobConfig(**{**base.__dict__, "replicas": 2}), 100).batch_size == 7
+    assert fit_batch_size(base, 10_000) is base and fit_batch_size(base, None) is base
+    assert fit_batch_size(base, 0) is base
