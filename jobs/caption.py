@@ -65,7 +65,8 @@ def parser() -> argparse.ArgumentParser:
     rt = p.add_argument_group("runtime")
     rt.add_argument("--tp", type=int, help="GPUs per model replica (tensor parallel), default 1")
     rt.add_argument("--replicas", type=int, help="model replicas (GPU actors), default 1")
-    rt.add_argument("--batch-size", type=int, help="rows per Ray batch into the GPU stage, default 64")
+    rt.add_argument("--batch-size", type=int, help="rows per Ray batch into the GPU stage, default 64 (small jobs "
+                    "get smaller batches: at least one per call in flight)")
     rt.add_argument("--batches-in-flight", type=int, help="Ray batches each GPU actor works on at once, default 8; "
                     "keep batch size x this >= 2x the engine's slots (its '[engine]' line shows 'waiting' > 0)")
     rt.add_argument("--max-model-len", type=int, help="prompt + generated tokens per sequence; default: the "

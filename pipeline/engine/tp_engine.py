@@ -6,6 +6,9 @@
     finally:
         replica.shutdown()
 
+Ranks 1..tp-1 are started with multiprocessing's "spawn", which re-imports the caller's `__main__`: a script
+that builds a replica must do so under `if __name__ == "__main__":` (as jobs/bench.py does).
+
 Contract:
 - Every rank holds a `RunnerShard`: its shard of the model (ops/parallel.py) and a runner of its own (KV
   cache of its KV heads). The slot count is the minimum over ranks, so all caches agree.
