@@ -8,7 +8,8 @@ Contract:
   `max_model_len`, `max_num_seqs`, `gpu_memory_utilization`, `dtype` ("auto" = bfloat16 on GPUs),
   `enforce_eager` (no CUDA graphs); vLLM scheduling knobs that do not change the text
   (`enable_chunked_prefill`, `max_num_batched_tokens`, `enable_prefix_caching`, ...) are accepted and
-  ignored; anything else is a `ValueError` naming the accepted keys. `concurrency=n` (or `(m, n)`) is a fixed
+  ignored; `trust_remote_code=True` is refused (checkpoint code is never run); anything else is a
+  `ValueError` naming the accepted keys. `concurrency=n` (or `(m, n)`) is a fixed
   pool of n replicas. Ray's stage flags (`has_image`, `apply_chat_template`, `tokenize`, `detokenize`,
   `*_stage`, `accelerator_type`, `runtime_env`, ...) are accepted and ignored: our CPU stage always renders
   the checkpoint's own chat template and tokenizes. Our own extras: `max_tokens` (for rows whose
@@ -59,7 +60,7 @@ log = logging.getLogger(__name__)
 _ENGINE_KEYS = {"tensor_parallel_size": "tp", "max_model_len": "max_model_len", "max_num_seqs": "max_num_seqs",
                 "gpu_memory_utilization": "gpu_memory_utilization", "dtype": "dtype", "enforce_eager": "cuda_graphs"}
 _IGNORED_ENGINE_KEYS = {"enable_chunked_prefill", "max_num_batched_tokens", "enable_prefix_caching",
-                        "trust_remote_code", "limit_mm_per_prompt", "distributed_executor_backend",
+                        "limit_mm_per_prompt", "distributed_executor_backend",
                         "disable_log_stats", "swap_space", "block_size", "pipeline_parallel_size", "seed",
                         "max_logprobs", "mm_processor_kwargs", "guided_decoding_backend"}
 _SAMPLING_IGNORED = {"detokenize", "skip_special_tokens"}
@@ -99,10 +100,13 @@ class vLLMEngineProcessorConfig:  # noqa: N801 - the name `ray.data.llm` users a
     def __post_init__(self):
         if self.task_type != "generate":
             raise ValueError(f"task_type {self.task_type!r}: only 'generate' is supported")
-        unknown = set(self.engine_kwargs) - set(_ENGINE_KEYS) - _IGNORED_ENGINE_KEYS
+        unknown = set(self.engine_kwargs) - set(_ENGINE_KEYS) - _IGNORED_ENGINE_KEYS - {"trust_remote_code"}
         if unknown:
             raise ValueError(f"unsupported engine_kwargs {sorted(unknown)}; accepted: {sorted(_ENGINE_KEYS)}, "
                              f"ignored: {sorted(_IGNORED_ENGINE_KEYS)}")
+        if self.engine_kwargs.get("trust_remote_code"):
+            raise ValueError("trust_remote_code: code from a checkpoint is never executed here; the supported "
+                             "architectures run on this project's own implementations (leave it unset or False)")
         if self.engine_kwargs.get("pipeline_parallel_size", 1) != 1:
             raise ValueError("pipeline_parallel_size must be 1 (use tensor_parallel_size)")
 

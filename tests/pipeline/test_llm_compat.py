@@ -154,3 +154,6 @@ def test_config_translation_and_refusals(tiny_ov_dir):
         vLLMEngineProcessorConfig(model_source="m", engine_kwargs={"quantization": "awq"})
     with pytest.raises(ValueError, match="pipeline_parallel_size"):
         vLLMEngineProcessorConfig(model_source="m", engine_kwargs={"pipeline_parallel_size": 2})
+    vLLMEngineProcessorConfig(model_source="m", engine_kwargs={"trust_remote_code": False})
+    with pytest.raises(ValueError, match="never executed"):
+        vLLMEngineProcessorConfig(model_source="m", engine_kwargs={"trust_remote_code": True})
