@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import io
-import threading
 
 import numpy as np
 import pytest
@@ -22,36 +21,13 @@ from pipeline.job_config import JobConfig
 from pipeline.llm_compat import build_processor, sampling_from_dict, vLLMEngineProcessorConfig
 from pipeline.media_codec import codec_for
 
-
-@pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="warning")
-    yield
-    ray.shutdown()
+pytestmark = pytest.mark.usefixtures("local_ray")
 
 
 def jpeg(h: int, w: int, seed: int) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)).save(buf, "JPEG")
     return buf.getvalue()
-
-
-def watched(fn, timeout_s: float = 240):
-    result: dict = {}
-
-    def target():
-        try:
-            result["value"] = fn()
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the test thread
-            result["error"] = exc
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    thread.join(timeout_s)
-    assert not thread.is_alive(), f"did not finish within {timeout_s}s (hang)"
-    if "error" in result:
-        raise result["error"]
-    return result["value"]
 
 
 def tiny_config(model) -> vLLMEngineProcessorConfig:
@@ -68,7 +44,7 @@ def tiny_config(model) -> vLLMEngineProcessorConfig:
     )
 
 
-def test_rays_vision_example_shape_runs(tiny_ov_dir):
+def test_rays_vision_example_shape_runs(tiny_ov_dir, watched):
     rows = [{"id": i, "question": f"What is in picture {i}?", "image": {"bytes": jpeg(40 + 10 * i, 60, seed=i)}}
             for i in range(3)]
     rows.append({"id": 3, "question": "And this one?", "image": {"bytes": b"<html>not an image</html>"}})
@@ -112,7 +88,7 @@ def engine_result(model, image: bytes, prompt: str, max_tokens: int):
     return c.text, len(ids), c.num_generated_tokens
 
 
-def test_texts_equal_engine_with_per_row_sampling(tiny_ov_dir):
+def test_texts_equal_engine_with_per_row_sampling(tiny_ov_dir, watched):
     images = [jpeg(50, 70, seed=20), jpeg(90, 40, seed=21)]
     rows = [{"k": i, "url": "data:image/jpeg;base64," + base64.b64encode(b).decode(), "max_tokens": 2 + 4 * i}
             for i, b in enumerate(images)]

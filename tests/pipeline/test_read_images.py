@@ -8,7 +8,6 @@ losslessly, so the model sees exactly the pixels it would see decoding the file 
 from __future__ import annotations
 
 import io
-import threading
 
 import numpy as np
 import pytest
@@ -16,20 +15,11 @@ import ray
 from PIL import Image
 
 from models.errors import InputError
-from ops.sampling import SamplingParams
 from pipeline.builder import CaptionProcessor
-from pipeline.engine.builder import build_engine
-from pipeline.engine.config import EngineConfig
-from pipeline.engine.request import Request
 from pipeline.job_config import JobConfig
 from pipeline.media_codec import codec_for
 
-
-@pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="warning")
-    yield
-    ray.shutdown()
+pytestmark = pytest.mark.usefixtures("local_ray")
 
 
 def encoded(array: np.ndarray, fmt: str) -> bytes:
@@ -48,38 +38,7 @@ def config_for(model) -> JobConfig:
                      max_num_seqs=8, batch_size=4, preprocess_actors=(1, 1))
 
 
-def watched(fn, timeout_s: float = 240):
-    result: dict = {}
-
-    def target():
-        try:
-            result["value"] = fn()
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the test thread
-            result["error"] = exc
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    thread.join(timeout_s)
-    assert not thread.is_alive(), f"did not finish within {timeout_s}s (hang)"
-    if "error" in result:
-        raise result["error"]
-    return result["value"]
-
-
-def engine_texts(config: JobConfig, rows: list[dict]) -> dict[str, str]:
-    """The engine on the codec's preparation of these rows, without Ray."""
-    codec = codec_for(config.model, config)
-    engine = build_engine(config.model, EngineConfig(max_num_seqs=8, max_model_len=config.max_model_len,
-                                                     dtype="float32", cuda_graphs=False), device="cpu")
-    params = SamplingParams(max_new_tokens=config.max_new_tokens)
-    requests = []
-    for row in rows:
-        ids, blob = codec.prepare(row)
-        requests.append(Request(row["id"], ids, codec.unpack({"media": [blob]}, 0), params))
-    return {c.request_id: c.text for c in engine.generate(requests)}
-
-
-def test_read_images_dataset_equals_engine_on_the_files(tiny_ov_dir, tmp_path):
+def test_read_images_dataset_equals_engine_on_the_files(tiny_ov_dir, tmp_path, watched, engine_texts):
     files = {"a.png": encoded(noise(40, 60, 1), "PNG"), "b.jpg": encoded(noise(90, 30, 2), "JPEG"),
              "c.png": encoded(noise(64, 64, 3, channels=4), "PNG")}  # RGBA: composited onto white either way
     for name, data in files.items():

@@ -6,7 +6,6 @@ on GPUs (tests/gpu/test_tp_nccl.py and the device runs in BENCHMARKS.md)."""
 from __future__ import annotations
 
 import io
-import threading
 from pathlib import Path
 
 import numpy as np
@@ -14,23 +13,12 @@ import pyarrow as pa
 import pyarrow.dataset as pds
 import pyarrow.parquet as pq
 import pytest
-import ray
 from PIL import Image
 
-from ops.sampling import SamplingParams
 from pipeline import builder
-from pipeline.engine.builder import build_engine
-from pipeline.engine.config import EngineConfig
-from pipeline.engine.request import Request
 from pipeline.job_config import JobConfig
-from pipeline.media_codec import codec_for
 
-
-@pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="warning")
-    yield
-    ray.shutdown()
+pytestmark = pytest.mark.usefixtures("local_ray")
 
 
 def jpeg(h: int, w: int, seed: int) -> bytes:
@@ -40,18 +28,8 @@ def jpeg(h: int, w: int, seed: int) -> bytes:
     return buf.getvalue()
 
 
-def run_watched(config: JobConfig, timeout_s: float = 300) -> dict:
-    """A hang fails the test instead of blocking the suite."""
-    result: dict = {}
-    thread = threading.Thread(target=lambda: result.update(value=builder.run_job(config)), daemon=True)
-    thread.start()
-    thread.join(timeout_s)
-    assert not thread.is_alive(), f"the job did not finish within {timeout_s}s (hang)"
-    assert "value" in result, "the job raised (see its output above)"
-    return result["value"]
-
-
-def test_tp2_job_equals_engine_and_survives_a_killed_rank(tiny_mllama_dir, tmp_path: Path):
+def test_tp2_job_equals_engine_and_survives_a_killed_rank(tiny_mllama_dir, tmp_path: Path, watched,
+                                                           engine_texts):
     rows = [{"id": f"t{i}", "image": jpeg(24 + 7 * i, 60 - 3 * i, seed=i)} for i in range(12)]
     pq.write_table(pa.Table.from_pylist(rows, schema=pa.schema([("id", pa.string()), ("image", pa.binary())])),
                    tmp_path / "in.parquet")
@@ -60,20 +38,12 @@ def test_tp2_job_equals_engine_and_survives_a_killed_rank(tiny_mllama_dir, tmp_p
                        max_new_tokens=6, max_model_len=2048, max_num_seqs=8, batch_size=4, batches_in_flight=2,
                        preprocess_actors=(1, 1), progress_interval_s=1.0, tp=2,
                        fault_injection={"tp_rank_kill_on_batch": 2, "marker": str(marker)})
-    summary = run_watched(config)
+    summary = watched(builder.run_job, config, timeout_s=300)
     assert marker.exists(), "the rank was not killed"
     out = pds.dataset(config.output, format="parquet").to_table().to_pylist()
     ids = [r["id"] for r in out]
     assert sorted(ids) == sorted(r["id"] for r in rows) and summary["rows_written"] == len(rows)
 
-    codec = codec_for(config.model, config)
-    engine = build_engine(config.model, EngineConfig(max_num_seqs=8, max_model_len=2048, dtype="float32",
-                                                     cuda_graphs=False), device="cpu")
-    requests = []
-    for row in rows:
-        ids_, blob = codec.prepare(row)
-        requests.append(Request(row["id"], ids_, codec.unpack({"media": [blob]}, 0),
-                                SamplingParams(max_new_tokens=6)))
-    want = {c.request_id: c.text for c in engine.generate(requests)}
+    want = engine_texts(config, rows)
     assert {r["id"]: r["text"] for r in out} == want
     assert all(r["error"] is None for r in out)
