@@ -15,7 +15,6 @@ from __future__ import annotations
 import io
 import json
 import struct
-import threading
 import zlib
 from collections import Counter
 from pathlib import Path
@@ -29,23 +28,14 @@ import ray
 from PIL import Image
 
 from jobs.caption import main as caption_main
-from ops.sampling import SamplingParams
 from pipeline import builder
 from pipeline.builder import CaptionProcessor
-from pipeline.engine.builder import build_engine
-from pipeline.engine.config import EngineConfig
-from pipeline.engine.request import Request
 from pipeline.job_config import JobConfig
-from pipeline.media_codec import codec_for
 
 DEMO_MEDIA = Path(__file__).resolve().parents[2] / "demo" / "media"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="warning")
-    yield
-    ray.shutdown()
+pytestmark = pytest.mark.usefixtures("local_ray")
 
 
 def jpeg(h: int, w: int, seed: int, mode: str = "RGB", fmt: str = "JPEG") -> bytes:
@@ -89,29 +79,6 @@ def audio_only(path: Path) -> bytes:
     return path.read_bytes()
 
 
-def run_job(config: JobConfig, timeout_s: float = 240) -> dict:
-    """`pipeline.builder.run_job` under a watchdog (RELIABILITY.md: a hang is a failure, not a slow pass)."""
-    return watched(builder.run_job, config, timeout_s=timeout_s)
-
-
-def watched(fn, *args, timeout_s: float = 240):
-    result: dict = {}
-
-    def target():
-        try:
-            result["value"] = fn(*args)
-        except BaseException as exc:  # noqa: BLE001 - re-raised in the test thread
-            result["error"] = exc
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.start()
-    thread.join(timeout_s)
-    assert not thread.is_alive(), f"the job did not finish within {timeout_s}s (hang)"
-    if "error" in result:
-        raise result["error"]
-    return result["value"]
-
-
 def faststart_mp4(data: bytes, path: Path) -> bytes:
     """The same clip remuxed with its index (moov) first: a truncated copy then still opens and decodes
     its first frames without any error, the silent-partial case of RELIABILITY.md."""
@@ -142,30 +109,16 @@ def read_output(uri: str) -> dict[str, dict]:
     return {r["id"]: r for r in rows}
 
 
-def engine_texts(config: JobConfig, rows: list[dict]) -> dict[str, str]:
-    """What the engine gives for these rows directly, on the inputs the CPU stage prepares."""
-    codec = codec_for(config.model, config)
-    engine = build_engine(config.model, EngineConfig(max_num_seqs=config.max_num_seqs,
-                                                     max_model_len=config.max_model_len, dtype="float32",
-                                                     cuda_graphs=False), device="cpu")
-    params = SamplingParams(max_new_tokens=config.max_new_tokens)
-    requests = []
-    for row in rows:
-        ids, blob = codec.prepare(row)
-        requests.append(Request(row["id"], ids, codec.unpack({"media": [blob]}, 0), params))
-    return {c.request_id: c.text for c in engine.generate(requests)}
-
-
 def job(model: Path, input_uri: str, output: Path, **kw) -> JobConfig:
     base = dict(model=str(model), input=input_uri, output=str(output), max_new_tokens=6, max_model_len=2048,
                 max_num_seqs=8, batch_size=4, preprocess_actors=(1, 1), progress_interval_s=1.0, num_frames=4)
     return JobConfig(**{**base, **kw})
 
 
-def test_mllama_parquet_to_parquet_equals_engine(tiny_mllama_dir, tmp_path):
+def test_mllama_parquet_to_parquet_equals_engine(tiny_mllama_dir, tmp_path, watched, engine_texts):
     rows = [{"id": f"m{i}", "image": jpeg(20 + 13 * i, 90 - 5 * i, seed=i)} for i in range(10)]
     config = job(tiny_mllama_dir, write_parquet(tmp_path / "in.parquet", rows), tmp_path / "out")
-    summary = run_job(config)
+    summary = watched(builder.run_job, config)
     out = read_output(config.output)
     assert set(out) == {r["id"] for r in rows} and summary["rows_written"] == len(rows)
     want = engine_texts(config, rows)
@@ -176,11 +129,11 @@ def test_mllama_parquet_to_parquet_equals_engine(tiny_mllama_dir, tmp_path):
         assert got["model"] == tiny_mllama_dir.name and got["num_prompt_tokens"] > 0
 
 
-def test_onevision_images_and_videos_equal_engine(tiny_ov_dir, tmp_path):
+def test_onevision_images_and_videos_equal_engine(tiny_ov_dir, tmp_path, watched, engine_texts):
     rows = [{"id": f"i{i}", "image": jpeg(30 + 40 * i, 200 - 25 * i, seed=10 + i)} for i in range(6)]
     rows += [{"id": f"v{i}", "video": p.read_bytes()} for i, p in enumerate(sorted(DEMO_MEDIA.glob("*.mp4")))]
     config = job(tiny_ov_dir, write_parquet(tmp_path / "in.parquet", rows), tmp_path / "out")
-    run_job(config)
+    watched(builder.run_job, config)
     out = read_output(config.output)
     assert set(out) == {r["id"] for r in rows}
     want = engine_texts(config, rows)
@@ -191,7 +144,7 @@ def test_onevision_images_and_videos_equal_engine(tiny_ov_dir, tmp_path):
     assert len(video_tokens) == 2 and all(n > 4 * 16 for n in video_tokens)  # 4 frames of 16 pooled tokens
 
 
-def test_bad_input_corpus(tiny_ov_dir, tmp_path, capsys):
+def test_bad_input_corpus(tiny_ov_dir, tmp_path, capsys, watched):
     good_jpeg = jpeg(60, 80, seed=1)
     html = tmp_path / "page.jpg"
     html.write_text("<!doctype html><html><body>404 not found</body></html>")
@@ -261,19 +214,19 @@ def test_bad_input_corpus(tiny_ov_dir, tmp_path, capsys):
     assert summary["error_types"] == dict(Counter(expected.values()))
 
 
-def test_gpu_actor_killed_mid_job_every_id_once(tiny_mllama_dir, tmp_path):
+def test_gpu_actor_killed_mid_job_every_id_once(tiny_mllama_dir, tmp_path, watched):
     rows = [{"id": f"k{i}", "image": jpeg(30 + i, 40, seed=100 + i)} for i in range(16)]
     marker = tmp_path / "died"
     config = job(tiny_mllama_dir, write_parquet(tmp_path / "in.parquet", rows), tmp_path / "out",
                  fault_injection={"gpu_exit_on_batch": 2, "marker": str(marker)})
-    run_job(config)
+    watched(builder.run_job, config)
     assert marker.exists(), "the fault was not injected"
     out = read_output(config.output)
     assert set(out) == {r["id"] for r in rows}
     assert all(r["error"] is None for r in out.values())
 
 
-def test_webdataset_tar_shards(tiny_mllama_dir, tmp_path):
+def test_webdataset_tar_shards(tiny_mllama_dir, tmp_path, watched):
     import tarfile
 
     (tmp_path / "shards").mkdir()
@@ -285,13 +238,13 @@ def test_webdataset_tar_shards(tiny_mllama_dir, tmp_path):
                 info.size = len(data)
                 tar.addfile(info, io.BytesIO(data))
     config = job(tiny_mllama_dir, str(tmp_path / "shards"), tmp_path / "out")
-    run_job(config)
+    watched(builder.run_job, config)
     out = read_output(config.output)
     assert set(out) == set(keys)
     assert all(r["error"] is None and r["finish_reason"] in ("stop", "length") for r in out.values())
 
 
-def test_caption_processor_on_a_callers_dataset(tiny_mllama_dir, tmp_path):
+def test_caption_processor_on_a_callers_dataset(tiny_mllama_dir, tmp_path, watched):
     """The Python API: a Dataset with the caller's own column names in, the output schema out."""
     rows = [{"uid": 100 + i, "img": jpeg(25 + 7 * i, 40, seed=300 + i), "source": f"cam{i % 2}"} for i in range(5)]
     config = job(tiny_mllama_dir, "unused", tmp_path / "unused", id_column="uid", image_column="img",
@@ -305,7 +258,7 @@ def test_caption_processor_on_a_callers_dataset(tiny_mllama_dir, tmp_path):
                            "model", "source"}
 
 
-def test_onevision_multi_image_rows_equal_engine(tiny_ov_dir, tmp_path):
+def test_onevision_multi_image_rows_equal_engine(tiny_ov_dir, tmp_path, watched, engine_texts):
     """A list cell of images is one request with several images (OneVision's multi-image prompts)."""
     rows = [{"id": "pair", "image": [jpeg(60, 90, seed=400), jpeg(80, 40, seed=401)]},
             {"id": "trio", "image": [jpeg(50, 50, seed=402), jpeg(30, 70, seed=403), jpeg(64, 48, seed=404)]},
