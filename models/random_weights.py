@@ -44,5 +44,5 @@ def random_model(cls: type, ckpt_dir: str | Path, dtype: torch.dtype, device: st
     with torch.device("meta"):
         cfg = cls.config_class.from_dir(ckpt_dir)
         model = cls(cfg, tp) if tp.world_size > 1 else cls(cfg)
-    model.to_empty(device=device).to(dtype)
+    model.to(dtype).to_empty(device=device)  # cast on meta: materialising in float32 first needs 2x the memory
     return random_init(model, seed, fuse).eval()

@@ -19,7 +19,6 @@ from models.onevision.config import OneVisionConfig
 from models.onevision.image_processor import OneVisionImageProcessor
 from models.onevision.processor import expand_media_tokens
 from models.onevision.video_processor import OneVisionVideoProcessor
-from models.video import decode_video
 from pipeline.media_codec import BaseCodec, pack, unpack_arrays
 
 
@@ -54,6 +53,8 @@ class OneVisionCodec(BaseCodec):
                           image_sizes=np.array([d.image_size for d in done], dtype=np.int64))
             image_tokens.extend(d.num_tokens for d in done)
         if video_bytes is not None:
+            from models.video import decode_video  # PyAV only where a video is decoded (image jobs, benches)
+
             frames = decode_video(video_bytes, self.num_frames).frames
             arrays["video"] = self.videos.preprocess(frames, uint8=True)
             video_tokens.append(self.videos.num_tokens(len(frames)))

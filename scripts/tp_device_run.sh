@@ -2,7 +2,9 @@
 # The two-GPU runs behind BENCHMARKS.md's tensor-parallel section (issue 15), in priority order, each stage's
 # log in $LOG and a line per stage in $LOG/summary.txt. Needs 2 GPUs, the checkpoint metadata in
 # $VLMCAP_SHARED_CHECKPOINTS, Ray importable (device: .devpkgs) for the last stage, ~60 GB of free disk.
-#   LOG=/tmp/tp_run bash scripts/tp_device_run.sh [stage ...]    # stages: env b90 b72 tests b11 ray
+#   LOG=/tmp/tp_run bash scripts/tp_device_run.sh [stage ...]    # stages: env b90 b72 tests b11 b11tp2 ray
+# Keep $VLMCAP_SHARED_CHECKPOINTS outside the repo copy on the device: each `run` call re-syncs the tree and
+# removes untracked paths that are not in the local checkout (a .shared/ extracted there vanished mid-run).
 # Each stage runs under `timeout $STAGE_TIMEOUT` (420 s). On the device, start it with setsid in the background
 # and poll $LOG/summary.txt across calls (the machine stays warm only ~30 s between calls); do not `git stash`
 # there: the device copy's .git is an older commit, and a stash takes the whole working tree (and carried
@@ -25,7 +27,7 @@ bench() { python3 jobs/bench.py --skip-hf --new-tokens 64 "$@"; }
 ray_stage() {
   [ -d /tmp/mllama-11b-random ] || python3 scripts/write_random_checkpoint.py \
       --config "$SHARED/Llama-3.2-11B-Vision-Instruct" --out /tmp/mllama-11b-random || return 1
-  python3 scripts/tp_ray_check.py --model /tmp/mllama-11b-random --rows 256 --kill-rows 128 --work /tmp/tp_ray
+  python3 scripts/tp_ray_check.py --model /tmp/mllama-11b-random --rows ${RAY_ROWS:-256} --kill-rows ${RAY_KILL_ROWS:-128} --work /tmp/tp_ray
 }
 export -f env_info bench ray_stage
 export LOG SHARED
@@ -38,6 +40,7 @@ for s in $stages; do
     b72) stage b72 bench --model onevision-72b --tp 2 --images 32 --small-images 8 --image-size 768 --json "$LOG/b72.json" ;;
     b11) stage b11_tp1 bench --model mllama-11b --images 256 --image-size 1120 --json "$LOG/b11_tp1.json"
          stage b11_tp2 bench --model mllama-11b --tp 2 --images 256 --image-size 1120 --json "$LOG/b11_tp2.json" ;;
+    b11tp2) stage b11_tp2 bench --model mllama-11b --tp 2 --images 256 --image-size 1120 --json "$LOG/b11_tp2.json" ;;
     ray) stage ray ray_stage ;;
   esac
 done

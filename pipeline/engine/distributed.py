@@ -36,6 +36,7 @@ Contract:
 from __future__ import annotations
 
 import contextlib
+import gc
 import importlib
 import importlib.util
 import multiprocessing as mp
@@ -95,13 +96,22 @@ def _process_group(store: Any, rank: int, world: int, backend: str, timeout: tim
     raise ValueError(f"unknown backend {backend!r} (gloo or nccl)")
 
 
-def _close_group(group: Any) -> None:
-    """Tear a process group down on purpose, on every rank at the same point. Left to its destructor, a
-    ProcessGroupNCCL aborts its communicators when garbage-collected; seen on two H200s: that abort hung
-    rank 0 for the 600 s timeout while the next replica's ranks waited for it."""
+def _close_group(group: Any, device: str, timeout_s: float = 60.0) -> bool:
+    """Tear a process group down on purpose, on every rank at the same point, once the rank's CUDA graphs
+    (which hold NCCL kernels) are gone and its device is idle. Left to its destructor, a ProcessGroupNCCL
+    aborts its communicators when garbage-collected; seen on two H200s: that abort hung rank 0 for the 600 s
+    timeout while the next replica's ranks waited for it, and a shutdown with rank 0's graphs still alive
+    hung too. Bounded: returns False (and leaves the group to the process's exit) if it does not finish."""
+    gc.collect()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize(device)
     close = getattr(group, "shutdown", None)
-    if close is not None:
-        close()
+    if close is None:
+        return True
+    closer = threading.Thread(target=close, name="pg-shutdown", daemon=True)
+    closer.start()
+    closer.join(timeout_s)
+    return not closer.is_alive()
 
 
 def _exit_with_parent(parent_pid: int, poll_s: float = 0.5) -> None:
@@ -126,10 +136,8 @@ def _worker_main(rank: int, world: int, port: int, backend: str, device: str, fa
         while True:
             msg = ctx.broadcast_object(None)
             if msg is None:
-                del local  # its CUDA graphs hold NCCL kernels: gone, and the device idle, before the comm goes
-                if device.startswith("cuda"):
-                    torch.cuda.synchronize()
-                _close_group(ctx.group)  # rank 0 does the same after sending None
+                del local  # its CUDA graphs go before the communicator (see _close_group)
+                _close_group(ctx.group, device)  # rank 0 does the same after sending None
                 break
             method, a, kw = msg
             try:
@@ -264,9 +272,10 @@ class Replica:
         if self.workers and not self._dead() and self.ctx.group is not None:
             with contextlib.suppress(Exception):  # a rank is gone; the others are terminated below
                 self.ctx.broadcast_object(None)
-                if self.ctx.device.startswith("cuda"):
-                    torch.cuda.synchronize(self.ctx.device)
-                _close_group(self.ctx.group)
+                self.local = None  # rank 0's shard and its CUDA graphs, as every worker drops its own
+                if not _close_group(self.ctx.group, self.ctx.device):
+                    print("tensor-parallel: process group shutdown timed out; ranks are terminated",
+                          file=sys.stderr)
         for p in self.workers:
             p.join(join_timeout_s)
             if p.exitcode is None:
