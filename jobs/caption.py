@@ -154,6 +154,7 @@ def main(argv: list[str] | None = None) -> int:
     if done is not None:
         print(f"[caption] nothing to do: all {done} input rows are already in {config.output} (written with these "
               "settings); pass --overwrite to redo them", flush=True)
+        write_gallery(config)  # the page is of the output, which is complete: asked for, it is (re)written
         print(json.dumps({"rows_written": 0, "rows_skipped_resume": done, "output": config.output}))
         return 0
     import ray
@@ -178,10 +179,7 @@ def main(argv: list[str] | None = None) -> int:
         return fail(str(exc), 1)
     except KeyboardInterrupt:
         return interrupted(config)
-    if config.gallery:
-        from pipeline.gallery import write_gallery
-
-        print(f"[caption] gallery: {write_gallery(config, config.gallery)}", flush=True)
+    write_gallery(config)
     if config.model == str(DEMO_MODEL):
         import pyarrow.dataset as pds
 
@@ -190,6 +188,15 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {r['id']}: {r['finish_reason']} {r['text']!r}{' ' + r['error'] if r['error'] else ''}")
     print(json.dumps(summary))
     return 0
+
+
+def write_gallery(config: JobConfig) -> None:
+    """`--gallery N`: `<output>/_gallery.html` from what the output holds (also when a re-run had nothing
+    left to do)."""
+    if config.gallery:
+        from pipeline.gallery import write_gallery as write
+
+        print(f"[caption] gallery: {write(config, config.gallery)}", flush=True)
 
 
 def interrupted(config: JobConfig) -> int:

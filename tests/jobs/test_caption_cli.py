@@ -15,6 +15,7 @@ import contextlib
 import io
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -90,6 +91,9 @@ def test_demo_runs_with_no_arguments(tmp_path):
     media = sorted(p for p in (ROOT / "demo" / "media").iterdir() if p.is_file())
     assert sorted(ids) == sorted(p.name for p in media)  # ids are relative to the input folder
     assert "too_long" not in proc.stdout  # the default context fits every bundled image and video
+    # Progress moves on a job this small: rows are counted as they arrive, not 0/N then "done".
+    steps = {int(k) for k in re.findall(rf"^\[caption\] (\d+)/{len(media)} ", proc.stdout, re.MULTILINE)}
+    assert steps & set(range(1, len(media))), proc.stdout
     # Quiet by default: no Ray Data progress blocks off a terminal, no start-up chatter.
     assert len(proc.stderr.splitlines()) <= 5, proc.stderr
 

@@ -56,3 +56,7 @@ def test_small_jobs_get_batches_for_every_call_in_flight():
     assert fit_batch_size(JobConfig(**{**base.__dict__, "replicas": 2}), 100).batch_size == 7
     assert fit_batch_size(base, 10_000) is base and fit_batch_size(base, None) is base
     assert fit_batch_size(base, 0) is base
+    # More (smaller) CPU-stage batches must not start more CPU actors than 8-row batches would have.
+    assert fit_batch_size(base, 6).preprocess_actors == (1, 1)
+    assert fit_batch_size(base, 100).preprocess_actors == (1, 8)
+    assert fit_batch_size(JobConfig(**{**base.__dict__, "preprocess_actors": (2, 4)}), 6).preprocess_actors == (2, 2)

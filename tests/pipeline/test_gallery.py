@@ -1,7 +1,8 @@
 """`jobs/caption.py --gallery N` -> `<output>/_gallery.html`, from tiny fake outputs (no Ray): the page parses,
 shows N sampled rows (all rows when fewer) with their own captions or errors, JPEG thumbnails <= 128 px for
 the rows without an error from each input kind (Parquet, media folder, WebDataset), escaped text; the flag
-reaches JobConfig and does not change the resume fingerprint."""
+reaches JobConfig and does not change the resume fingerprint; a re-run with nothing left to do still writes the
+page."""
 
 from __future__ import annotations
 
@@ -150,3 +151,21 @@ def test_gallery_flag_and_fingerprint(tmp_path):
     assert JobConfig.from_dict({"model": "m", "input": "i", "output": "o", "gallery": 2}).gallery == 2
     with pytest.raises(ValueError, match="gallery"):
         JobConfig(model="m", input="i", output="o", gallery=-1)
+
+
+def test_gallery_on_a_rerun_with_nothing_left_to_do(tmp_path, capsys):
+    """Every input row already written: caption.py ends without Ray and still writes the page it was asked for."""
+    from jobs.caption import main
+    from pipeline.sink import JOB_FILE
+
+    source, ids = make_input(tmp_path, "folder")
+    fake_output(tmp_path / "out", ids, "parquet")
+    (tmp_path / "model").mkdir()
+    (tmp_path / "model" / "config.json").write_text("{}")  # preflight only looks for the file
+    args = ["--model", str(tmp_path / "model"), "--input", source, "--output", str(tmp_path / "out")]
+    config = config_from_args(parser().parse_args(args), parser())
+    (tmp_path / "out" / JOB_FILE).write_text(json.dumps({"fingerprint": config.fingerprint()}))  # as the job left it
+    assert main([*args, "--gallery", "3"]) == 0
+    out = capsys.readouterr().out
+    assert "nothing to do" in out and "_gallery.html" in out
+    assert len(Cards((tmp_path / "out" / "_gallery.html").read_text(encoding="utf-8")).cards) == 3
