@@ -3,6 +3,10 @@
 - every YAML in infra/ parses (`yaml.safe_load_all`); Kubernetes documents have apiVersion, kind and a name;
   KubeRay kinds are `ray.io/v1` and validate against KubeRay's own v1 CRD schemas (tests/infra/data/, made
   by make_kuberay_schemas.py from KubeRay v1.7.0), unknown fields refused as `kubectl apply` does;
+- every core Kubernetes object (CronJob, Secret, ...) and every Pod template, the ones inside KubeRay objects
+  included (their CRD leaves them unchecked), validates against Kubernetes' own OpenAPI schemas for the
+  oldest and newest Kubernetes we name (tests/infra/data/k8s_schemas.json, made by make_k8s_schemas.py),
+  strict: unknown fields refused as `kubectl apply --validate=strict` does;
 - every Secret (and key), ConfigMap and RayCluster a manifest names is created by a manifest in infra/;
 - Ray pods (head and workers) mount a memory-backed /dev/shm, get the AWS secret (the driver runs on the head)
   and the Ray auth token; every `ray job submit` pod gets the token too;
@@ -16,6 +20,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import re
 import shlex
@@ -28,6 +33,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 INFRA = ROOT / "infra"
 SCHEMAS = json.loads((Path(__file__).parent / "data" / "kuberay_crd_schemas.json").read_text())["schemas"]
+K8S = json.loads((Path(__file__).parent / "data" / "k8s_schemas.json").read_text())
 KUBERAY_KINDS = ("RayCluster", "RayJob", "RayService", "RayCronJob")
 APP = "/app"  # the Dockerfile's WORKDIR: the repo's root inside the image
 
@@ -61,6 +67,21 @@ def crd_errors(doc: dict) -> list[str]:
     schema = strict(SCHEMAS[f"{group_version}/{doc['kind']}"])
     validator = jsonschema.Draft7Validator(schema)
     return [f"{'/'.join(map(str, e.absolute_path))}: {e.message}" for e in validator.iter_errors(doc)]
+
+
+@functools.cache
+def k8s_validator(version: str, root: str) -> jsonschema.Draft202012Validator:
+    schema = {"$schema": "https://json-schema.org/draft/2020-12/schema", "$defs": K8S["versions"][version],
+              "$ref": f"#/$defs/{K8S['roots'][root]}"}
+    return jsonschema.Draft202012Validator(schema)
+
+
+def k8s_errors(doc: dict, root: str | None = None) -> list[str]:
+    """Kubernetes' schema errors of `doc` (a core object by its apiVersion/kind, or `root`) in every version."""
+    root = root or f"{doc['apiVersion']}/{doc['kind']}"
+    assert root in K8S["roots"], f"no Kubernetes schema for {root}: add it to make_k8s_schemas.ROOTS and re-run it"
+    return [f"{v} {'/'.join(map(str, e.absolute_path))}: {e.message}" for v in K8S["versions"]
+            for e in k8s_validator(v, root).iter_errors(doc)]
 
 
 def ray_pod_templates() -> list[tuple[str, str, dict]]:
@@ -139,6 +160,42 @@ def test_crd_schema_check_refuses_what_kubectl_would():
     no_head = copy.deepcopy(job)
     del no_head["spec"]["rayClusterSpec"]["headGroupSpec"]
     assert any("headGroupSpec" in e for e in crd_errors(no_head))
+
+
+def test_core_objects_and_every_pod_template_match_the_kubernetes_schemas():
+    core = [d for d in k8s_docs() if d["kind"] not in KUBERAY_KINDS]
+    assert {d["kind"] for d in core} >= {"CronJob", "Secret"}
+    for d in core:
+        assert not k8s_errors(d), (d["kind"], d["metadata"]["name"], k8s_errors(d))
+    templates = all_pod_templates()
+    assert len(templates) >= 5  # RayCluster head + worker, RayJob head + worker + submitter, CronJob's pod
+    for where, pod in templates:
+        assert not k8s_errors(pod, "PodTemplateSpec"), (where, k8s_errors(pod, "PodTemplateSpec"))
+
+
+def test_kubernetes_schema_check_refuses_what_kubectl_would():
+    assert set(K8S["versions"]) == {"v1.25.0", "v1.37.0"}
+    (cron,) = by_kind("CronJob")
+    pod = cron["spec"]["jobTemplate"]["spec"]["template"]
+    typo = copy.deepcopy(cron)
+    typo["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]["envFrom"] = [{"secretref": {}}]
+    assert any("secretref" in e for e in k8s_errors(typo))
+    no_schedule = copy.deepcopy(cron)
+    del no_schedule["spec"]["schedule"]
+    assert any("'schedule' is a required property" in e for e in k8s_errors(no_schedule))
+    bad_type = copy.deepcopy(cron)
+    bad_type["spec"]["successfulJobsHistoryLimit"] = "three"
+    assert any("successfulJobsHistoryLimit" in e for e in k8s_errors(bad_type))
+    (_, head) = all_pod_templates()[0]
+    shm = copy.deepcopy(head)
+    shm["spec"]["volumes"].append({"name": "x", "emptyDir": {"medium": "Memory", "sizeLimit": [1]}})
+    assert any("sizeLimit" in e for e in k8s_errors(shm, "PodTemplateSpec"))
+    no_image_name = copy.deepcopy(pod)
+    del no_image_name["spec"]["containers"][0]["name"]
+    assert any("'name' is a required property" in e for e in k8s_errors(no_image_name, "PodTemplateSpec"))
+    secret = copy.deepcopy(by_kind("Secret")[0])
+    secret["stringdata"] = secret.pop("stringData", secret.pop("data", {}))
+    assert any("stringdata" in e for e in k8s_errors(secret))
 
 
 def test_ray_versions_agree_with_the_image_and_support_token_auth():
