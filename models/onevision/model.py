@@ -146,6 +146,12 @@ class LlavaOnevisionForConditionalGeneration(nn.Module):
         Pixels are normalized floats, or uint8 (then normalized on the device with `pixel_mean`/`pixel_std`,
         the checkpoint's preprocessor values). `chunk` caps the crops per SigLIP call.
         """
+        return self.media_features(media, chunk, pixel_mean, pixel_std)
+
+    def media_features(self, media: list[OneVisionMedia | None], chunk: int | None = None,
+                       pixel_mean: tuple[float, ...] | None = None,
+                       pixel_std: tuple[float, ...] | None = None) -> list[torch.Tensor | None]:
+        """`encode_media` with autograd (scripts/train_demo_model.py trains through it)."""
         crops = []
         for m in media:
             if m is not None:

@@ -1,0 +1,135 @@
+"""Training examples for the demo model: a scene, clip or easy-VQA image plus several question/answer turns,
+as token ids, loss labels and uint8 media, exactly as the caption job would prompt the model.
+
+Contract:
+- Every turn is the prompt the job sends (`JobConfig`'s default caption prompt, or the eval tasks' short-answer
+  template `"{question}\\n" + SHORT_ANSWER`) rendered by the checkpoint's chat template with the generation
+  prompt, followed by the answer's tokens and `<|im_end|>`. The first turn carries the media placeholder,
+  expanded to the processor's feature count; later turns are text-only (several answers per image make
+  training ~4x cheaper per vision pass; inference is always single-turn, which the first turn matches).
+- `labels` is -100 everywhere except the answer tokens and their `<|im_end|>` (loss on assistant tokens only).
+- Media are what `OneVisionCodec` hands the engine: anyres uint8 crops + the original size for an image,
+  resized uint8 frames for a clip.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from demo import world
+from models.chat_template import ChatTemplate, user_turn
+from models.onevision.config import OneVisionConfig
+from models.onevision.image_processor import OneVisionImageProcessor
+from models.onevision.model import OneVisionMedia
+from models.onevision.processor import expand_media_tokens
+from models.onevision.video_processor import OneVisionVideoProcessor
+from models.tokenizer import Tokenizer
+from pipeline.eval.tasks import SHORT_ANSWER
+from pipeline.job_config import JobConfig
+
+CAPTION_PROMPT = JobConfig.__dataclass_fields__["prompt"].default  # "Describe this image in detail."
+IM_END = "<|im_end|>"
+
+
+def qa_prompt(question: str) -> str:
+    return f"{question}\n{SHORT_ANSWER}"
+
+
+@dataclass
+class Example:
+    ids: list[int]
+    labels: list[int]
+    media: OneVisionMedia
+    kind: str  # "scene" | "clip" | "easy_vqa"
+
+
+class ExampleMaker:
+    """Builds `Example`s from the checkpoint's tokenizer, template and processors (one per DataLoader worker)."""
+
+    def __init__(self, model_dir: str | Path, easy_vqa_dir: str | Path | None = None):
+        self.tok = Tokenizer.from_dir(model_dir)
+        self.template = ChatTemplate.from_dir(model_dir)
+        self.cfg = OneVisionConfig.from_dir(model_dir)
+        self.images = OneVisionImageProcessor.from_dir(model_dir)
+        self.videos = OneVisionVideoProcessor.from_dir(model_dir)
+        self.im_end = self.tok.encode(IM_END)
+        self.easy: list[tuple[Path, list[tuple[str, str]]]] = []
+        if easy_vqa_dir is not None:  # questions grouped by image
+            split = Path(easy_vqa_dir) / "train"
+            grouped: dict[int, list[tuple[str, str]]] = {}
+            for q, a, image_id in json.loads((split / "questions.json").read_text()):
+                grouped.setdefault(image_id, []).append((q, a))
+            self.easy = [(split / "images" / f"{i}.png", qs) for i, qs in sorted(grouped.items())]
+
+    def prompt_ids(self, text: str, n_images: int = 0, n_videos: int = 0) -> list[int]:
+        return self.tok.encode(self.template.render(user_turn(text, n_images, n_videos), add_generation_prompt=True))
+
+    def first_prompt(self, text: str, image_tokens: list[int], video_tokens: list[int]) -> list[int]:
+        """The single-turn prompt the caption job sends, media placeholders expanded."""
+        p = self.prompt_ids(text, len(image_tokens), len(video_tokens))
+        return expand_media_tokens(p, image_tokens, video_tokens, self.cfg.image_token_id, self.cfg.video_token_id)
+
+    def build(self, turns: list[tuple[str, str]], media: OneVisionMedia, image_tokens: list[int],
+              video_tokens: list[int], kind: str) -> Example:
+        ids: list[int] = []
+        labels: list[int] = []
+        for k, (prompt, answer) in enumerate(turns):
+            p = self.first_prompt(prompt, image_tokens, video_tokens) if k == 0 else self.prompt_ids(prompt)
+            a = self.tok.encode(answer) + self.im_end
+            ids += p + a
+            labels += [-100] * len(p) + a
+        return Example(ids, labels, media, kind)
+
+    def image_media(self, img: Image.Image) -> tuple[OneVisionMedia, list[int]]:
+        out = self.images.preprocess(img, uint8=True)
+        media = OneVisionMedia(images=[torch.from_numpy(out.pixel_values)], image_sizes=[tuple(out.image_size)])
+        return media, [out.num_tokens]
+
+    def scene(self, rng: np.random.Generator, turns: int) -> Example:
+        scene = world.sample_scene(rng)
+        media, n = self.image_media(world.render(scene))
+        qas = [(qa_prompt(q), a) for q, a in world.questions(scene, rng)]
+        chosen = qas[:turns - 1] + [(CAPTION_PROMPT, world.caption(scene))]
+        return self.build([chosen[i] for i in rng.permutation(len(chosen))], media, n, [], "scene")
+
+    def clip(self, rng: np.random.Generator) -> Example:
+        clip = world.sample_clip(rng)
+        frames = self.videos.preprocess(world.render_clip(clip), uint8=True)
+        media = OneVisionMedia(videos=[torch.from_numpy(frames)])
+        qas = [(qa_prompt(q), a) for q, a in world.clip_questions(clip, rng)]
+        qas.append((CAPTION_PROMPT, world.clip_caption(clip)))
+        turns = [qas[i] for i in rng.permutation(len(qas))]
+        return self.build(turns, media, [], [self.videos.num_tokens(len(frames))], "clip")
+
+    def easy_vqa(self, rng: np.random.Generator, turns: int) -> Example:
+        path, qs = self.easy[rng.integers(len(self.easy))]
+        media, n = self.image_media(Image.open(path).convert("RGB"))
+        picked = [qs[i] for i in rng.permutation(len(qs))[:turns]]
+        return self.build([(qa_prompt(q), a) for q, a in picked], media, n, [], "easy_vqa")
+
+    def sample(self, rng: np.random.Generator) -> Example:
+        """The training mix: 70% scenes, 12% clips, 18% easy-VQA (scenes only without its data)."""
+        u = rng.random()
+        if u < 0.12:
+            return self.clip(rng)
+        if u < 0.30 and self.easy:
+            return self.easy_vqa(rng, int(rng.integers(3, 7)))
+        return self.scene(rng, int(rng.integers(6, 13)))
+
+
+def collate(examples: list[Example], pad_id: int) -> dict:
+    """Right-padded ids/labels [B, S] and the media list (padding is never attended by real tokens: causal)."""
+    length = max(len(e.ids) for e in examples)
+    ids = torch.full((len(examples), length), pad_id, dtype=torch.long)
+    labels = torch.full((len(examples), length), -100, dtype=torch.long)
+    for b, e in enumerate(examples):
+        ids[b, : len(e.ids)] = torch.tensor(e.ids)
+        labels[b, : len(e.labels)] = torch.tensor(e.labels)
+    return {"ids": ids, "labels": labels, "media": [e.media for e in examples],
+            "kinds": [e.kind for e in examples]}

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Train demo/model on one lent H200 in a single `run` call (<= 600 s), the weights coming back through $OUT.
+# Carry .devdata (../shared/checkpoints xz-packed as ckpt.tar.xz, and the easy-vqa wheel):
+#   mkdir -p .devdata && tar -C ../shared -cJf .devdata/ckpt.tar.xz checkpoints
+#   pip download easy-vqa==1.0 --no-deps -d .devdata        # data only: 64x64 PNGs + questions.json
+# run(kind="nvidia-h200", carry=[".devdata"], command="BUDGET=420 bash scripts/train_demo_device.sh")
+# Then, here:  python scripts/train_demo_model.py --from-parts <files_at> --out demo/model
+# $OUT gets model.part0/1 (<= 15 MiB each: the device returns files of at most 16 MiB, and the tied
+# embedding alone is 19.5 MB), progress.json, training.json and train.log; parts are rewritten every
+# --save-every-s, so a call cut short still returns the last checkpoint.
+set -euo pipefail
+R=$(cd "$(dirname "$0")/.." && pwd)
+mkdir -p /tmp/vshared /tmp/evqa
+tar -C /tmp/vshared -xJf "$R/.devdata/ckpt.tar.xz"
+(cd /tmp/evqa && python3 -m zipfile -e "$(ls "$R"/.devdata/easy_vqa-*.whl | head -1)" .)
+export PYTHONUNBUFFERED=1
+python3 "$R/scripts/train_demo_model.py" --out /tmp/demo_model --shared /tmp/vshared/checkpoints \
+  --easy-vqa-dir /tmp/evqa/easy_vqa/data --export-dir "$OUT" --time-budget-s "${BUDGET:-420}" \
+  --save-every-s 90 --eval-scenes 60 --log-every 100 "$@" 2>&1 | grep --line-buffered -v Warning | tee "$OUT/train.log"
