@@ -105,6 +105,29 @@ def timed(fn):
     return out, time.perf_counter() - t
 
 
+def arrivals_run(engine: Engine, requests: list[Request], rate: float, seed: int = 0) -> dict:
+    """Requests arrive as a Poisson process of `rate`/s while the engine runs; the gaps between consecutive
+    decode steps (what a running sequence waits per token, prefill stalls included) come from its StepTimer."""
+    from pipeline.engine.step_timer import StepTimer
+
+    gaps = np.random.default_rng(seed).exponential(1 / rate, len(requests)).cumsum()
+    engine.timer = StepTimer()  # gaps of this run only
+    done, i, t0 = [], 0, time.perf_counter()
+    while len(done) < len(requests):
+        now = time.perf_counter() - t0
+        while i < len(requests) and gaps[i] <= now:
+            engine.add(requests[i])
+            i += 1
+        if engine.has_work():
+            done += engine.step()
+        else:
+            time.sleep(max(0.0, gaps[i] - now))
+    secs = time.perf_counter() - t0
+    p50, p99, worst = engine.timer.gaps_ms()
+    return {"arrival_rate": rate, "images_per_s": len(requests) / secs, "gap_p50_ms": p50, "gap_p99_ms": p99,
+            "gap_max_ms": worst, "decode_steps": len(engine.timer.gaps) + 1}
+
+
 def decode_step_ms(engine: Engine, reps: int = 50) -> float:
     engine.runner.tokens.zero_()
     engine.runner.positions.fill_(64)
@@ -131,6 +154,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-cuda-graphs", action="store_true")
     ap.add_argument("--tp", type=int, default=1, help="GPUs of one tensor-parallel replica (HF peer skipped)")
     ap.add_argument("--prompt", default="Describe this image in detail.")
+    ap.add_argument("--max-decode-stall-ms", type=float, help="EngineConfig.max_decode_stall_ms (default: none)")
+    ap.add_argument("--arrival-rate", type=float, help="also run the images as Poisson arrivals at this rate "
+                    "(images/s) and report the gaps between decode steps (p50/p99/max)")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args(argv)
 
@@ -149,7 +175,8 @@ def main(argv: list[str] | None = None) -> None:
 
     cfg = EngineConfig(max_num_seqs=args.max_num_seqs, max_model_len=len(max(prompt_ids, key=len)) + args.new_tokens
                        + 8, max_prefill_requests=args.max_prefill_requests,
-                       max_prefill_tokens=args.max_prefill_tokens, cuda_graphs=not args.no_cuda_graphs)
+                       max_prefill_tokens=args.max_prefill_tokens, cuda_graphs=not args.no_cuda_graphs,
+                       max_decode_stall_ms=args.max_decode_stall_ms)
     torch.cuda.reset_peak_memory_stats()
     replica = None
     t0 = time.perf_counter()
@@ -177,6 +204,9 @@ def main(argv: list[str] | None = None) -> None:
             "decode_ms_b1": decode_step_ms(engine), "peak_gib": torch.cuda.max_memory_allocated() / 2**30,
             "slots": runner.num_slots, "graph_capture_s": t_capture, "tp": args.tp}
     print(f"ours: {ours}", flush=True)
+    if args.arrival_rate:
+        ours["arrivals"] = arrivals_run(engine, requests, args.arrival_rate)
+        print(f"arrivals: {ours['arrivals']}", flush=True)
     if replica is not None:
         replica.shutdown()
     del engine, runner, model, replica

@@ -16,6 +16,10 @@ class EngineConfig:
     activation_reserve_gb: float = 8.0  # kept free for prefill/vision activations when sizing the KV cache
     cuda_graphs: bool = True
     dtype: str = "bfloat16"
+    # While sequences are decoding, admit only as many requests per step as the measured prefill cost fits
+    # in this many ms (at least one), so running sequences never wait long for their next token. None: admit
+    # full groups (best throughput; a 16-image Mllama group stalls decoding ~0.85 s on an H200).
+    max_decode_stall_ms: float | None = None
 
     def __post_init__(self):
         if not 0 < self.gpu_memory_utilization <= 1:
@@ -24,3 +28,5 @@ class EngineConfig:
                      "max_prefill_requests"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        if self.max_decode_stall_ms is not None and self.max_decode_stall_ms <= 0:
+            raise ValueError("max_decode_stall_ms must be > 0 (or None)")

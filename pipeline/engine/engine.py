@@ -25,6 +25,7 @@ from pipeline.engine.config import EngineConfig
 from pipeline.engine.cuda_graphs import GraphedStep, default_buckets
 from pipeline.engine.request import Completion, Request, Sequence
 from pipeline.engine.scheduler import Scheduler
+from pipeline.engine.step_timer import StepTimer
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,7 @@ class Engine:
         self.decode.capture()
         self.ready: list[Completion] = []
         self.stats = {"prefill_tokens": 0, "generated_tokens": 0, "decode_steps": 0}
+        self.timer = StepTimer()
 
     # --- public API -----------------------------------------------------------------------------
     def add(self, request: Request) -> None:
@@ -53,9 +55,13 @@ class Engine:
             self.scheduler.add(request)
 
     def step(self) -> list[Completion]:
+        running_before = bool(self.scheduler.running)
         self._admit()
         if self.scheduler.running:
+            self.timer.decode_started(running_before)
             self._decode_step()
+        else:
+            self.timer.idle()
         done, self.ready = self.ready, []
         return done
 
@@ -95,11 +101,14 @@ class Engine:
         return frozenset(self.default_stop_ids if ids is None else ids)
 
     def _admit(self) -> None:
-        batch = self.scheduler.next_admission()
+        limit = self.timer.admission_limit(self.config.max_decode_stall_ms, bool(self.scheduler.running))
+        batch = self.scheduler.next_admission(limit)
         if not batch:
             return
+        t0 = self.timer.clock()
         try:
             self._prefill(batch)
+            self.timer.prefill_done(len(batch), self.timer.clock() - t0)
         except Exception as exc:  # noqa: BLE001 - isolate the request that broke admission
             if len(batch) == 1:
                 request, slot = batch[0]

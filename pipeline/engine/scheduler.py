@@ -2,8 +2,9 @@
 
 Slots are handed out lowest-first so live sequences stay packed at the bottom of the cache and the
 decode batch (slots [0, highest live slot]) stays small. Admission takes waiting requests in arrival
-order while the batch fits `max_prefill_tokens` and `max_prefill_requests`; a request alone above the
-token budget is still admitted by itself (it has already passed the engine's size check).
+order while the batch fits `max_prefill_tokens` and `max_prefill_requests` (or the caller's smaller `limit`);
+a request alone above the token budget is still admitted by itself (it has already passed the engine's size
+check).
 """
 
 from __future__ import annotations
@@ -25,9 +26,10 @@ class Scheduler:
     def add(self, request: Request) -> None:
         self.waiting.append(request)
 
-    def next_admission(self) -> list[tuple[Request, int]]:
+    def next_admission(self, limit: int | None = None) -> list[tuple[Request, int]]:
         batch, tokens = [], 0
-        while self.waiting and self.free and len(batch) < self.max_prefill_requests:
+        most = self.max_prefill_requests if limit is None else max(1, min(limit, self.max_prefill_requests))
+        while self.waiting and self.free and len(batch) < most:
             n = len(self.waiting[0].prompt_ids)
             if batch and tokens + n > self.max_prefill_tokens:
                 break
