@@ -79,6 +79,8 @@ def parser() -> argparse.ArgumentParser:
     rt.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], help="default bfloat16")
     rt.add_argument("--max-prefill-requests", type=int, help="requests admitted per prefill batch (also the "
                     "vision encoder's batch), default 32")
+    rt.add_argument("--max-decode-stall-ms", type=float, help="while sequences decode, admit only as many new "
+                    "requests per step as fit this prefill time (latency over throughput); default: full batches")
     rt.add_argument("--random-weights", action="store_true", help="benchmark/dry run: random weights at the "
                     "checkpoint's shapes (needs only config.json + tokenizer/processor files); gibberish output")
     rt.add_argument("--allow-http", action="store_true", help="allow http(s) media URLs (bounded fetches)")

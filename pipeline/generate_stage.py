@@ -91,6 +91,9 @@ class EngineThread:
                 self.window.busy += t2 - t1
                 if t2 - self.window.start >= self.report_s:
                     tokens = self.engine.stats["generated_tokens"]
+                    gaps = self.engine.timer.gaps_ms()
+                    self.window.gaps = "" if gaps is None else (
+                        f", token gap p50 {gaps[0]:.0f} / p99 {gaps[1]:.0f} / max {gaps[2]:.0f} ms")
                     print(self.window.line(tokens), file=sys.stderr, flush=True)  # forwarded to the driver
                     self.window = _Window(tokens)
         except BaseException:  # the replica's state is unknown: let Ray restart the actor
@@ -105,6 +108,7 @@ class _Window:
         self.start, self.tokens = time.perf_counter(), tokens
         self.busy = self.idle = self.unpack = 0.0
         self.steps = self.running = self.waiting = 0
+        self.gaps = ""
 
     def line(self, tokens: int) -> str:
         span = max(time.perf_counter() - self.start, 1e-9)
@@ -112,7 +116,7 @@ class _Window:
         return (f"[engine] last {span:.0f}s: busy {self.busy / span:.0%}, idle {self.idle / span:.0%}, "
                 f"{self.steps} steps of {1e3 * self.busy / steps:.1f} ms, running {self.running / steps:.1f}, "
                 f"waiting {self.waiting / steps:.1f}, {(tokens - self.tokens) / span:.0f} tokens/s, "
-                f"unpacking media on other threads {self.unpack / span:.0%}")
+                f"unpacking media on other threads {self.unpack / span:.0%}{self.gaps}")
 
 
 class GenerateStage:
@@ -129,7 +133,8 @@ class GenerateStage:
                                   gpu_memory_utilization=config.gpu_memory_utilization, cuda_graphs=config.cuda_graphs,
                                   dtype=config.dtype if torch.cuda.is_available() else "float32",
                                   max_images_per_request=self.codec.max_images_per_request,
-                                  max_prefill_requests=config.max_prefill_requests)
+                                  max_prefill_requests=config.max_prefill_requests,
+                                  max_decode_stall_ms=config.max_decode_stall_ms)
         self.replica = None
         if config.tp > 1:  # one process per GPU of this actor, rank 0 (here) driving them in lockstep
             from pipeline.engine.tp_engine import build_tp_engine

@@ -68,6 +68,7 @@ class ServeConfig:
     cuda_graphs: bool = True
     random_weights: bool = False
     max_prefill_requests: int = 32
+    max_decode_stall_ms: float | None = 150.0  # online: admissions never stall running streams much longer
     preprocess_threads: int = 4
     max_body_bytes: int = 64 * 2**20
     media: MediaLimits = field(default_factory=MediaLimits)
@@ -123,7 +124,7 @@ class ChatService:
         cfg = EngineConfig(max_num_seqs=c.max_num_seqs, max_model_len=self.job.max_model_len, cuda_graphs=c.cuda_graphs,
                            dtype=c.dtype if torch.cuda.is_available() else "float32",
                            max_images_per_request=self.codec.max_images_per_request,
-                           max_prefill_requests=c.max_prefill_requests)
+                           max_prefill_requests=c.max_prefill_requests, max_decode_stall_ms=c.max_decode_stall_ms)
         if c.tp > 1:
             from pipeline.engine.tp_engine import build_tp_engine
 
