@@ -1,14 +1,25 @@
-"""One sweep end to end on a local Ray (CPU): 2 models (tiny OneVision, tiny Llama-3.2-Vision) x 1 task
-x 1 setting, 4 rows each, through `jobs/eval.py`'s `main`. Random weights, so accuracy is not checked;
-the files, the scores and the resume are: a cell that "crashed" (its cell.json, scores and one committed
-part file removed) resumes and regenerates only the missing rows, the finished cell is skipped, and the
-re-run's scores equal the first run's. Also: deltas and the regression exit rule, on synthetic results."""
+"""A sweep end to end on a local Ray (CPU): 2 models (tiny OneVision, tiny Llama-3.2-Vision) x 2 tasks x 2
+settings, 3 rows per task, run by `jobs/eval.py` in a child process that is SIGKILLed mid-sweep (five cells
+finished, the sixth holding one committed part file: the child stops right after that commit and waits to
+be killed, so the kill always lands there), then re-run with the same command in this process. The re-run
+skips the finished cells (files untouched), generates only the sixth cell's missing rows and the last two
+cells, and ends with every (cell, id) exactly once; every prediction equals the engine's own answer for
+that row (an uninterrupted computation) and every score and aggregate equals the scorer's on those
+answers. The run's results.parquet/md, history, trend and HTML report are checked (the report with an HTML
+parser: no external assets, a results row per cell, a trend plot per model/task, thumbnails of worst rows).
+Random weights, so accuracy is not checked. Also: deltas and the regression exit rule, on synthetic results."""
 
 from __future__ import annotations
 
 import io
 import json
+import os
+import signal
+import subprocess
+import sys
 import threading
+import time
+from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +35,8 @@ from pipeline.eval import report
 
 @pytest.fixture(scope="module", autouse=True)
 def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="warning")
+    # "local": a cluster of its own even when a `ray start` one runs on this machine
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="warning")
     yield
     ray.shutdown()
 
@@ -53,63 +65,175 @@ def cell_rows(cell: Path) -> list[str]:
     return ids
 
 
-def test_sweep_two_cells_scores_and_resume(tiny_ov_dir, tiny_mllama_dir, tmp_path):
+# The sweep process, SIGKILLed by the test: it holds still right after its first commit into STOP_CELL (that
+# part file is complete, the cell is not) until the kill comes. Nothing else in it is changed.
+KILLED_SWEEP = """
+import sys, time
+from pipeline import sink
+marker, stop_cell = sys.argv[1], sys.argv[2]
+commit = sink.OutputSink.write
+def write(self, *args, **kwargs):
+    path = commit(self, *args, **kwargs)
+    if self.uri.endswith(stop_cell):
+        with open(marker + ".tmp", "w") as f:
+            f.write(path)
+        import os; os.rename(marker + ".tmp", marker)
+        time.sleep(600)
+    return path
+sink.OutputSink.write = write
+from jobs.eval import main
+sys.exit(main(sys.argv[3:]))
+"""
+MODELS, TASKS, SETTINGS = ("ov", "mllama"), ("easy_vqa", "shapes"), ("default", "terse")
+CELLS = [f"{m}/{t}/{s}" for m in MODELS for t in TASKS for s in SETTINGS]  # the order a sweep runs them
+STOP_CELL = CELLS[5]
+
+
+class Page(HTMLParser):
+    """Every tag, img src, link/script with a src or href, h2/h3 text, and each table's rows of cell texts."""
+
+    def __init__(self, text: str):
+        super().__init__()
+        self.tags, self.imgs, self.external, self.headings, self.tables = [], [], [], [], []
+        self.cell = self.heading = None
+        self.feed(text)
+        self.close()
+
+    def handle_starttag(self, tag, attrs):
+        attrs = dict(attrs)
+        self.tags.append(tag)
+        if tag == "img":
+            self.imgs.append(attrs.get("src") or "")
+        if tag in ("link", "script", "iframe") or (tag != "img" and "src" in attrs):
+            self.external.append((tag, attrs))
+        if tag in ("h2", "h3"):
+            self.heading = ""
+        elif tag == "table":
+            self.tables.append([])
+        elif tag == "tr":
+            self.tables[-1].append([])
+        elif tag in ("td", "th"):
+            self.cell = ""
+
+    def handle_endtag(self, tag):
+        if tag in ("h2", "h3") and self.heading is not None:
+            self.headings.append(self.heading)
+            self.heading = None
+        elif tag in ("td", "th") and self.cell is not None:
+            self.tables[-1][-1].append(self.cell)
+            self.cell = None
+
+    def handle_data(self, data):
+        if self.cell is not None:
+            self.cell += data
+        if self.heading is not None:
+            self.heading += data
+
+
+def snapshot(cell: Path, pattern: str = "*") -> dict[str, int]:
+    return {p.name: p.stat().st_mtime_ns for p in cell.glob(pattern)}
+
+
+def test_sweep_killed_mid_sweep_resumes_to_the_uninterrupted_result(tiny_ov_dir, tiny_mllama_dir, tmp_path,
+                                                                     engine_texts):
+    from pipeline.eval.prepare import prepare_task
+    from pipeline.eval.runner import job_config
+    from pipeline.eval.score import score_table
+    from pipeline.eval.sweep import load_sweep
+
     rows = [{"id": f"q{i}", "image": png(i), "question": f"Is shape {i} red?", "answer": ["yes", "no"][i % 2]}
-            for i in range(4)]
+            for i in range(3)]
     pq.write_table(pa.Table.from_pylist(rows), tmp_path / "easy.parquet")
-    sweep = {
+    sweep_file = tmp_path / "sweep.yaml"
+    sweep_file.write_text(json.dumps({  # JSON is YAML
         "output": str(tmp_path / "evals"),
         "models": {"ov": str(tiny_ov_dir), "mllama": str(tiny_mllama_dir)},
-        "tasks": [{"easy_vqa": {"input": str(tmp_path / "easy.parquet"), "max_new_tokens": 3}}],
-        "job": {"max_model_len": 2048, "max_num_seqs": 8, "batch_size": 2,
-                "preprocess_actors": [1, 1], "progress_interval_s": 1.0},
-    }
-    (tmp_path / "sweep.yaml").write_text(json.dumps(sweep))  # JSON is YAML
-    args = ["--sweep", str(tmp_path / "sweep.yaml"), "--run-id", "r1"]
-    assert watched(eval_main, args) == 0
-
+        "tasks": [{"easy_vqa": {"input": str(tmp_path / "easy.parquet"), "max_new_tokens": 3}},
+                  {"name": "shapes", "input": str(tmp_path / "easy.parquet"), "metrics": ["anls", "exact_match"],
+                   "answers_column": "answer", "prompt": "Question: {question}", "max_new_tokens": 3}],
+        "settings": [{"name": "default"}, {"name": "terse", "prompt": "{question} One word.", "max_new_tokens": 2}],
+        # one part file per output batch (a kill keeps every committed row); CPU stage pinned to one actor
+        "job": {"max_model_len": 2048, "max_num_seqs": 8, "rows_per_file": 1, "preprocess_actors": [1, 1]},
+    }))
+    args = ["--sweep", str(sweep_file), "--run-id", "r1"]
     run = tmp_path / "evals" / "r1"
-    cells = {m: run / m / "easy_vqa" / "default" for m in ("ov", "mllama")}
-    first = {}
-    for model, cell in cells.items():
-        assert sorted(cell_rows(cell)) == ["q0", "q1", "q2", "q3"]
-        record = json.loads((cell / "cell.json").read_text())
-        agg = record["metrics"]["exact_match"]
-        assert agg["n"] == 4 and agg["errors"] == 0 and 0 <= agg["ci_low"] <= agg["value"] <= agg["ci_high"] <= 1
-        scores = pq.read_table(cell / "scores.parquet").to_pylist()
-        assert [r["id"] for r in scores] == ["q0", "q1", "q2", "q3"]
-        for r, src in zip(scores, rows, strict=True):
-            assert r["answers"] == [src["answer"]] and r["question"] == src["question"]
-            # the score is exact match of the kept prediction against the kept answer
-            want = float(r["text"].strip().lower().rstrip(".").strip() == src["answer"])
-            assert r["score"] == want and r["error"] is None
-        assert agg["value"] == sum(r["score"] for r in scores) / 4
-        first[model] = scores
-    results = pq.read_table(run / "results.parquet").to_pylist()
-    assert {(r["model"], r["metric"]) for r in results} == {("ov", "exact_match"), ("mllama", "exact_match")}
-    assert "| ov | easy_vqa | default | exact_match |" in (run / "results.md").read_text()
-    assert "r1" in (tmp_path / "evals" / "trend.md").read_text()
-    assert json.loads((tmp_path / "evals" / "history" / "r1.json").read_text())["run_id"] == "r1"
+    cells = {name: run / name for name in CELLS}
 
-    # "Crash" the mllama cell: no finish marker, no scores, and only its first 2 rows committed (the state a
-    # kill between two part-file commits leaves).
-    crashed = cells["mllama"]
-    table = pa.concat_tables([pq.read_table(p) for p in crashed.glob("part-*.parquet")]).sort_by("id")
-    for p in [*crashed.glob("part-*.parquet"), crashed / "cell.json", crashed / "scores.parquet"]:
-        p.unlink()
-    pq.write_table(table.slice(0, 2), crashed / "part-000000000000-crashed0.parquet")
-    lost = table.slice(2).column("id").to_pylist()
-    ov_parts = sorted(p.name for p in cells["ov"].glob("part-*.parquet"))
-    ov_record = (cells["ov"] / "cell.json").read_text()
+    # 1. The sweep in its own process (on this test's Ray cluster), SIGKILLed mid-sweep.
+    marker = tmp_path / "committed"
+    env = {**os.environ, "RAY_ADDRESS": ray.get_runtime_context().gcs_address}
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_SWEEP, str(marker), STOP_CELL, *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 300
+        while not marker.exists() and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.1)
+    finally:
+        proc.kill()  # SIGKILL: no handler runs, nothing is flushed
+        log = proc.communicate(timeout=60)[0]
+    assert marker.exists(), f"no commit into {STOP_CELL}:\n{log[-3000:]}"
+    assert proc.returncode == -signal.SIGKILL, log[-3000:]
+    finished = [c for c in CELLS if (cells[c] / "cell.json").exists()]
+    assert finished == CELLS[:5], log[-3000:]
+    kept = cell_rows(cells[STOP_CELL])
+    assert 1 <= len(kept) < len(rows), kept  # killed inside the cell: some rows committed, not all
+    before = {c: snapshot(cells[c]) for c in finished}
+    committed = snapshot(cells[STOP_CELL], "part-*")
 
+    # 2. The same command again: finished cells skipped, committed rows kept, the rest generated.
     assert watched(eval_main, args) == 0
-    assert sorted(p.name for p in cells["ov"].glob("part-*.parquet")) == ov_parts  # finished: skipped
-    assert (cells["ov"] / "cell.json").read_text() == ov_record
-    assert sorted(cell_rows(crashed)) == ["q0", "q1", "q2", "q3"]  # every id exactly once
-    resumed = json.loads((crashed / "cell.json").read_text())
-    assert resumed["generation"]["rows_written"] == len(lost)  # only the lost rows were generated again
-    assert resumed["generation"]["rows_skipped_resume"] == 4 - len(lost)
-    assert pq.read_table(crashed / "scores.parquet").to_pylist() == first["mllama"]  # greedy: same texts, scores
+    for c in finished:
+        assert snapshot(cells[c]) == before[c], c  # not one file of a finished cell rewritten
+    assert committed.items() <= snapshot(cells[STOP_CELL], "part-*").items()  # committed parts untouched
+    resumed = json.loads((cells[STOP_CELL] / "cell.json").read_text())["generation"]
+    assert (resumed["rows_skipped_resume"], resumed["rows_written"]) == (len(kept), len(rows) - len(kept))
+    for c in CELLS[6:]:
+        assert json.loads((cells[c] / "cell.json").read_text())["generation"]["rows_written"] == len(rows)
+
+    # 3. Every (cell, id) once, and the result an uninterrupted computation gives: the engine's answer for each
+    # row, scored by the same scorer.
+    sweep = load_sweep(sweep_file)
+    for m in MODELS:
+        for task in sweep.tasks:
+            prepared = prepare_task(task, {s.name: s.apply(task) for s in sweep.settings}, sweep.output)
+            inputs = pq.read_table(Path(prepared.uri) / "data.parquet").to_pylist()
+            for setting in sweep.settings:
+                name = f"{m}/{task.name}/{setting.name}"
+                assert sorted(cell_rows(cells[name])) == ["q0", "q1", "q2"], name
+                config = job_config(sweep, m, task, setting, prepared, str(cells[name]))
+                want = engine_texts(config, inputs)
+                scores = pq.read_table(cells[name] / "scores.parquet")
+                assert scores.column("text").to_pylist() == [want[i] for i in scores.column("id").to_pylist()], name
+                clean = scores.drop_columns([c for c in scores.column_names if c.startswith("score")])
+                clean_scores, clean_metrics = score_table(clean, setting.apply(task))
+                assert scores.equals(clean_scores), name
+                assert json.loads((cells[name] / "cell.json").read_text())["metrics"] == clean_metrics, name
+
+    results = pq.read_table(run / "results.parquet").to_pylist()
+    assert {(r["model"], r["task"], r["setting"]) for r in results} == {tuple(c.split("/")) for c in CELLS}
+    assert {r["metric"] for r in results if r["task"] == "shapes"} == {"anls", "exact_match"}
+    assert "| mllama | shapes | terse | anls |" in (run / "results.md").read_text()
+    assert json.loads((tmp_path / "evals" / "history" / "r1.json").read_text())["run_id"] == "r1"
+    assert "r1" in (tmp_path / "evals" / "trend.md").read_text()
+    assert json.loads((run / "run.json").read_text())["finished"] is True
+
+    # 4. The HTML report, rendered once, read with an HTML parser.
+    page = Page((run / "report.html").read_text(encoding="utf-8"))
+    assert page.external == [] and page.imgs and all(src.startswith("data:image/") for src in page.imgs)
+    assert "script" not in page.tags
+    assert page.headings[:1] == ["Results"] and "Trend over runs" in page.headings
+    table = next(t for t in page.tables if t and "metric" in t[0])
+    head = table[0]
+    body = [dict(zip(head, r, strict=True)) for r in table[1:]]
+    assert {(r["model"], r["task"], r["setting"]) for r in body} == {tuple(c.split("/")) for c in CELLS}
+    assert len(body) == len(results)  # one row per cell and metric
+    for t in TASKS:
+        assert t in page.headings  # the task's worst rows
+    for m in MODELS:
+        for t in TASKS:
+            assert any(h.startswith(m) and t in h for h in page.headings), (m, t, page.headings)  # a trend each
+    assert sum(src.startswith("data:image/png") for src in page.imgs) == len(MODELS) * len(TASKS)  # trend plots
+    assert any(src.startswith("data:image/jpeg") for src in page.imgs)  # worst rows' thumbnails
 
 
 def result(run_id: str, value: float, model: str = "m") -> dict:
