@@ -166,6 +166,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--save-every-s", type=float, default=120.0)
     ap.add_argument("--export-dir", type=Path, help="also write the weights here as <= 15 MiB parts (device $OUT)")
     ap.add_argument("--from-parts", type=Path, help="no training: join exported parts into --out")
+    ap.add_argument("--profile-steps", type=int, default=0, help="profile this many steps after 10 warm-up "
+                    "steps, print where the time goes, and stop (nothing saved)")
     args = ap.parse_args(argv)
     if args.from_parts:
         return from_parts(args.from_parts, args.out, args.shared)
@@ -194,7 +196,22 @@ def main(argv: list[str] | None = None) -> None:
     model.train()
     t0, step, smooth = time.perf_counter(), 0, None
     last_save = t0
+    profiler = None
     for batch in loader:
+        if args.profile_steps and step == 10:
+            profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU] + (
+                [torch.profiler.ProfilerActivity.CUDA] if device.type == "cuda" else []))
+            profiler.__enter__()
+            t_prof = time.perf_counter()
+        if profiler is not None and step == 10 + args.profile_steps:
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            profiler.__exit__(None, None, None)
+            per_step = (time.perf_counter() - t_prof) / args.profile_steps
+            print(f"[train] {args.profile_steps} profiled steps: {per_step * 1e3:.0f} ms each", flush=True)
+            key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
+            print(profiler.key_averages().table(sort_by=key, row_limit=25), flush=True)
+            return None
         frac = (time.perf_counter() - t0) / args.time_budget_s
         if frac >= 1 or step >= args.max_steps:
             break
