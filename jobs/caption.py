@@ -211,7 +211,7 @@ def interrupted(config: JobConfig) -> int:
     for name in ("ray", "ray.data"):
         logging.getLogger(name).setLevel(logging.CRITICAL)
     try:
-        saved = len(OutputSink(config.output, output_schema(), config.output_format).existing_ids())
+        saved = OutputSink(config.output, output_schema(), config.output_format).count_rows()  # footers, no ids
     except Exception:  # noqa: BLE001 - the message matters more than the count here
         saved = "some"
     print(f"[caption] interrupted: {saved} rows are saved in {config.output}; re-run the same command to "

@@ -7,32 +7,33 @@ Two entry points:
   it to a Dataset). Kept columns take their types from the Dataset's schema unless `keep_types` is given.
   Image cells may also be decoded uint8 arrays (`ray.data.read_images`); a Dataset without the id column
   takes its ids from `path`, or is refused on the driver (pipeline/sources.py).
-- `run_job(config)`: the whole job as `jobs/caption.py` runs it: read, skip ids already written (resume),
-  process, and write part files from the driver with progress lines and a final summary.
+- `run_job(config)`: the whole job as `jobs/caption.py` runs it: plan the resume (pipeline/resume.py: finished
+  input files are not read, partly written ones lose the ids already written), process, and write part
+  files and completion records from the driver (pipeline/part_writer.py) with progress lines and a summary.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import time
 
 import pyarrow as pa
-import pyarrow.compute as pc
 import ray
 
+from pipeline.cluster_watch import ClusterWatch, preprocess_pool_cap
 from pipeline.context_len import resolve_max_model_len
 from pipeline.generate_stage import GenerateStage
 from pipeline.job_config import JobConfig
 from pipeline.model_cache import local_model_dir, with_local_model
+from pipeline.part_writer import PartWriter
 from pipeline.postprocess import to_output_table
 from pipeline.preprocess_stage import PreprocessStage
 from pipeline.progress import Progress
+from pipeline.resume import drop_ids, plan_resume
 from pipeline.schema import output_schema
 from pipeline.sink import OutputSink
-from pipeline.sources import check_id_column, normalise_columns, read_input_counted
+from pipeline.sources import check_id_column, check_parquet_columns, normalise_columns, read_input_counted
 from pipeline.watchdog import iterate_with_stall_timeout
 
-FLUSH_SECONDS = 30.0
 PREPROCESS_BATCH = 8  # rows per CPU-stage call
 
 
@@ -61,6 +62,7 @@ class CaptionProcessor:
             self.schema = output_schema({k: _arrow_type(types[k]) for k in c.keep_columns})
         ds = normalise_columns(ds, c)  # idempotent: rows from read_input are already normalised
         lo, hi = c.preprocess_actors
+        hi = preprocess_pool_cap(lo, hi)  # spare CPUs for the actors of a lost node (pipeline/cluster_watch.py)
         # Small input files are read as one big block, and an actor stage emits a block only when it has
         # processed all of it: without this, a job's first output (and its first committed part file,
         # i.e. what a crash can keep) would wait for the whole input. Streaming, not a shuffle.
@@ -98,10 +100,6 @@ def _arrow_type(t) -> pa.DataType:
     return t if isinstance(t, pa.DataType) else pa.from_numpy_dtype(t)
 
 
-def _drop_ids(table: pa.Table, done: pa.Array) -> pa.Table:
-    return table.filter(pc.invert(pc.is_in(table.column("id"), value_set=done)))
-
-
 def check_model(config: JobConfig) -> None:
     """Fail before any actor starts, with a one-line message (a GPU actor constructor that raises would
     fail the job only after start-up, behind a long Ray traceback)."""
@@ -135,55 +133,38 @@ def fit_batch_size(config: JobConfig, rows: int | None) -> JobConfig:
 
 def run_job(config: JobConfig) -> dict:
     check_model(config)
-    ds, keep_types, total = read_input_counted(config)
+    check_parquet_columns(config)  # before the sink touches the output (--overwrite deletes old parts)
+    sink = OutputSink(config.output, output_schema(), config.output_format)
+    sink.prepare(config)
+    plan = plan_resume(config, sink)
+    if plan.nothing_to_read:
+        return Progress(0, config.progress_interval_s).summary(config.output, skipped=plan.skipped)
+    ds, keep_types, total = read_input_counted(config, plan)
     if config.limit:
         ds = ds.limit(config.limit)
         total = min(total, config.limit) if total is not None else None
     processor = CaptionProcessor(config, keep_types, input_checked=True)
-    sink = OutputSink(config.output, processor.schema, config.output_format)
-    done = sink.prepare(config)
-    if done:
-        ds = ds.map_batches(_drop_ids, fn_kwargs={"done": pa.array(sorted(done), pa.string())},
+    sink.schema = processor.schema
+    if plan.skip_ids:  # only partly written input files' ids (and ids of parts without a unit)
+        ds = ds.map_batches(drop_ids, fn_kwargs={"done": pa.array(sorted(plan.skip_ids), pa.string())},
                             batch_format="pyarrow")
-    # `done` may hold ids beyond --limit: then the remaining count is unknown rather than wrong.
-    remaining = total - len(done) if total is not None and len(done) <= total else None
+    remaining = plan.remaining if plan.units is not None else (
+        total - len(plan.skip_ids) if total is not None and len(plan.skip_ids) <= total else None)
+    if config.limit and remaining is not None:
+        remaining = min(remaining, config.limit)
     processor.config = fit_batch_size(processor.config, remaining)  # before the stages are built below
     progress = Progress(remaining, config.progress_interval_s)
-    writer = _PartWriter(sink, progress, config.rows_per_file)
+    writer = PartWriter(sink, progress, config.rows_per_file, plan)
     stream = processor(ds).iter_batches(batch_format="pyarrow", batch_size=None)
+    complete = False
     with progress.heartbeat():
         try:
-            for table in iterate_with_stall_timeout(stream, config.stall_timeout_s, what="output row"):
+            for table in iterate_with_stall_timeout(stream, config.stall_timeout_s, what="output row",
+                                                    watch=ClusterWatch()):
                 writer.add(table)
+            complete = not config.limit
         finally:
-            writer.flush()  # complete rows already received are committed, whatever stopped the stream
-    return progress.summary(config.output, skipped=len(done))
-
-
-class _PartWriter:
-    """Driver-side batching of output rows into part files; never lets an id through twice."""
-
-    def __init__(self, sink: OutputSink, progress: Progress, rows_per_file: int):
-        self.sink, self.progress, self.rows_per_file = sink, progress, rows_per_file
-        self.pending: list[pa.Table] = []
-        self.rows, self.last_flush = 0, time.monotonic()
-        self.seen: set[str] = set()
-
-    def add(self, table: pa.Table) -> None:
-        ids = table.column("id").to_pylist()
-        if any(i in self.seen for i in ids):  # defensive: a retried batch must not write an id twice
-            keep = [i not in self.seen for i in ids]
-            table = table.filter(pa.array(keep))
-            ids = [i for i, k in zip(ids, keep, strict=True) if k]
-        self.seen.update(ids)
-        self.pending.append(table)
-        self.rows += table.num_rows
-        self.progress.update(table)
-        # Commit often enough that a crash loses little work; resume skips whatever was committed.
-        if self.rows >= self.rows_per_file or time.monotonic() - self.last_flush > FLUSH_SECONDS:
-            self.flush()
-
-    def flush(self) -> None:
-        if self.pending:
-            self.sink.write(pa.concat_tables(self.pending))
-        self.pending, self.rows, self.last_flush = [], 0, time.monotonic()
+            # Complete rows already received are committed, whatever stopped the stream; a stream that ended
+            # complete also records its units as finished.
+            writer.finish() if complete else writer.flush()
+    return progress.summary(config.output, skipped=plan.skipped)

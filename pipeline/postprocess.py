@@ -1,10 +1,14 @@
-"""Last stage: GPU-stage rows -> the fixed output schema (pipeline/schema.py), kept columns restored."""
+"""Last stage: GPU-stage rows -> the fixed output schema (pipeline/schema.py), kept columns restored.
+
+A row's input unit (`UNIT_COLUMN`, run_job only) is appended after the schema's columns for the driver's
+writer, which strips it before writing (pipeline/part_writer.py)."""
 
 from __future__ import annotations
 
 import numpy as np
 import pyarrow as pa
 
+from pipeline.resume import UNIT_COLUMN
 from pipeline.schema import BASE_NAMES
 
 
@@ -28,4 +32,7 @@ def to_output_table(batch: dict[str, np.ndarray], model_name: str, schema: pa.Sc
         if field.name not in BASE_NAMES:
             values = batch.get("keep__" + field.name)
             cols[field.name] = pa.array(list(values) if values is not None else [None] * n, field.type)
-    return pa.table(cols, schema=schema)
+    table = pa.table(cols, schema=schema)
+    if UNIT_COLUMN in batch:
+        table = table.append_column(UNIT_COLUMN, pa.array([str(x) for x in batch[UNIT_COLUMN]], pa.string()))
+    return table

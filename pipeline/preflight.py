@@ -12,6 +12,7 @@ import fsspec
 
 from models.errors import InputError
 from pipeline.job_config import JobConfig
+from pipeline.resume import input_units
 from pipeline.schema import output_schema
 from pipeline.sink import ConfigMismatchError, OutputSink
 from pipeline.sources import input_ids, input_kind, media_files, parquet_files
@@ -61,7 +62,9 @@ def preflight(config: JobConfig) -> None:
 
 def rows_already_done(config: JobConfig) -> int | None:
     """The number of rows written when the output already holds every input row under the same settings
-    (the job has nothing to do); None when there is work left or that is not cheap to know."""
+    (the job has nothing to do); None when there is work left or that is not cheap to know. Parquet input:
+    every input file has a completion record (a listing of the input and of `_vlmcap_done/`, no ids read);
+    otherwise the written ids are compared with the input's (small inputs only)."""
     if config.limit or config.overwrite:
         return None
     fs, path = fsspec.core.url_to_fs(config.output)
@@ -71,6 +74,13 @@ def rows_already_done(config: JobConfig) -> int | None:
     stored = sink.stored_job()
     if stored is None or stored.get("fingerprint") != config.fingerprint() or sink.parts_of_other_formats():
         return None
+    units = input_units(config)
+    if units is not None:
+        finished = sink.done_units()
+        if units.files and all(k in finished for k in units.files):
+            return sum(finished[k] for k in units.files)
+        if not any(sink.part_unit(p) is None for p in sink.parts()):
+            return None  # no parts of older versions: what is left is the unfinished files
     done = sink.existing_ids()
     if not done:
         return None

@@ -2,12 +2,16 @@
 
 Layout of an output location (local directory or `s3://bucket/prefix`):
     _vlmcap_job.json              fingerprint + config of the job that writes here
-    part-<first id hash>-<n>.parquet (or .jsonl)   complete files only
+    part-u<unit key>-<n>.parquet (or .jsonl)   rows of one input unit (file); complete files only
+    part-<first id hash>-<n>.parquet           rows without a unit (folder/WebDataset inputs, older versions)
+    _vlmcap_done/<unit key>-<rows>.json        written once every row of that unit is in committed parts
 
-Exactly-once: a part file becomes visible only when complete (local: write to `.tmp-*` then rename;
-S3: a PUT is atomic), and the driver never writes an id twice. A crash leaves at most `.tmp-*` debris,
-removed on the next run. Resume reads the `id` column of every part file and skips those ids; a run
-whose fingerprint differs from the stored one is refused unless `overwrite` (which deletes old parts).
+Exactly-once: a part file or completion record becomes visible only when complete (local: write to
+`.tmp-*` then rename; S3: a PUT is atomic), and the driver never writes an id twice. A crash leaves at
+most `.tmp-*` debris, removed on the next run. What a resume skips is decided in pipeline/resume.py from
+the listing: finished units by their records, partly written ones by the ids of their own parts. A run
+whose fingerprint differs from the stored one is refused unless `overwrite` (which deletes old parts and
+records).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import pyarrow.parquet as pq
 from pipeline.job_config import JobConfig
 
 JOB_FILE = "_vlmcap_job.json"
+DONE_DIR = "_vlmcap_done"
 FORMATS = ("parquet", "jsonl")
 
 
@@ -78,9 +83,9 @@ class OutputSink:
                     f"{found} to resume it, a new --output, or --overwrite to replace it")
         return None
 
-    def prepare(self, config: JobConfig) -> set[str]:
-        """Check/record the fingerprint; return ids already written (empty when starting fresh)."""
-        for p in self._listing():
+    def prepare(self, config: JobConfig) -> None:
+        """Remove crash debris, check and record the fingerprint (what to skip: pipeline/resume.py)."""
+        for p in self._listing() + self._done_listing():
             if posixpath.basename(p).startswith(".tmp-"):
                 self.fs.rm(p)
         refused = self.refusal(config)
@@ -92,7 +97,6 @@ class OutputSink:
             self._remove_parts()
         with self.fs.open(self._path(JOB_FILE), "w") as f:
             json.dump({"fingerprint": config.fingerprint(), "config": _jsonable(config)}, f, indent=2)
-        return self.existing_ids()
 
     def stored_job(self) -> dict | None:
         """The `_vlmcap_job.json` of the job that wrote here, or None."""
@@ -102,12 +106,16 @@ class OutputSink:
         return json.loads(self.fs.cat(job_path))
 
     def _remove_parts(self) -> None:
-        for p in self.parts() + self.parts_of_other_formats():
+        for p in self.parts() + self.parts_of_other_formats() + self._done_listing():
             self.fs.rm(p)
 
     def existing_ids(self) -> set[str]:
+        """Every id written (reads every part: the cost grows with the rows; resume uses pipeline/resume.py)."""
+        return self.ids_of(self.parts())
+
+    def ids_of(self, parts: list[str]) -> set[str]:
         ids: set[str] = set()
-        for p in self.parts():
+        for p in parts:
             if self.fmt == "parquet":
                 with self.fs.open(p, "rb") as f:
                     ids.update(pq.read_table(f, columns=["id"]).column("id").to_pylist())
@@ -116,11 +124,64 @@ class OutputSink:
                     ids.update(json.loads(line)["id"] for line in f if line.strip())
         return ids
 
-    def write(self, table: pa.Table) -> str:
-        """Commit one part file holding `table` (already in the output schema)."""
-        first = table.column("id")[0].as_py() if table.num_rows else ""
-        digest = hashlib.sha1(first.encode()).hexdigest()[:12]
-        name = f"part-{digest}-{uuid.uuid4().hex[:8]}.{self.fmt}"
+    def count_rows(self) -> int:
+        """Rows in the part files, from Parquet footers (JSONL: lines); no id is kept in memory."""
+        total = 0
+        for p in self.parts():
+            with self.fs.open(p, "rb") as f:
+                total += pq.ParquetFile(f).metadata.num_rows if self.fmt == "parquet" else \
+                    sum(1 for line in f if line.strip())
+        return total
+
+    @staticmethod
+    def part_unit(path: str) -> str | None:
+        """The unit key in a part's name (`part-u<key>-...`), None for a part without a unit."""
+        name = posixpath.basename(path)
+        return name[len("part-u"):].split("-", 1)[0] if name.startswith("part-u") else None
+
+    def _done_listing(self) -> list[str]:
+        try:
+            self.fs.invalidate_cache(self._path(DONE_DIR))
+            return self.fs.ls(self._path(DONE_DIR), detail=False)
+        except FileNotFoundError:
+            return []
+
+    def done_units(self) -> dict[str, int]:
+        """{unit key: rows} of the finished units, from the names of their records (one listing, no reads)."""
+        out = {}
+        for p in self._done_listing():
+            name = posixpath.basename(p)
+            if name.endswith(".json") and not name.startswith(".tmp-"):
+                key, _, rows = name[:-len(".json")].partition("-")
+                out[key] = int(rows)
+        return out
+
+    def mark_done(self, key: str, rel: str, rows: int) -> None:
+        """Record that every row of unit `key` (input file `rel`, `rows` rows) is in committed parts."""
+        body = json.dumps({"unit": rel, "rows": rows}).encode()
+        self._put(posixpath.join(DONE_DIR, f"{key}-{rows}.json"), body)
+
+    def _put(self, name: str, data: bytes) -> str:
+        final = self._path(name)
+        if self.local:
+            tmp = self._path(posixpath.join(posixpath.dirname(name), ".tmp-" + posixpath.basename(name)))
+            self.fs.makedirs(posixpath.dirname(tmp), exist_ok=True)
+            with self.fs.open(tmp, "wb") as f:
+                f.write(data)
+            self.fs.mv(tmp, final)
+        else:
+            with self.fs.open(final, "wb") as f:
+                f.write(data)
+        return final
+
+    def write(self, table: pa.Table, unit: str | None = None) -> str:
+        """Commit one part file holding `table` (already in the output schema); `unit`: every row comes from
+        that input unit (the key goes into the name)."""
+        if unit is not None:
+            name = f"part-u{unit}-{uuid.uuid4().hex[:8]}.{self.fmt}"
+        else:
+            first = table.column("id")[0].as_py() if table.num_rows else ""
+            name = f"part-{hashlib.sha1(first.encode()).hexdigest()[:12]}-{uuid.uuid4().hex[:8]}.{self.fmt}"
         data = io.BytesIO()
         if self.fmt == "parquet":
             pq.write_table(table.cast(self.schema), data)
@@ -128,15 +189,7 @@ class OutputSink:
             for row in table.to_pylist():
                 # Captions are text in any language: keep it readable (UTF-8), not \uXXXX escapes.
                 data.write((json.dumps(row, default=str, ensure_ascii=False) + "\n").encode())
-        final = self._path(name)
-        if self.local:
-            tmp = self._path(".tmp-" + name)
-            with self.fs.open(tmp, "wb") as f:
-                f.write(data.getvalue())
-            self.fs.mv(tmp, final)
-        else:
-            with self.fs.open(final, "wb") as f:
-                f.write(data.getvalue())
+        final = self._put(name, data.getvalue())
         self.written += table.num_rows
         return final
 

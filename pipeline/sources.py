@@ -121,25 +121,23 @@ def read_input(config: JobConfig) -> tuple[ray.data.Dataset, dict[str, pa.DataTy
     return ds, keep
 
 
-def read_input_counted(config: JobConfig) -> tuple[ray.data.Dataset, dict[str, pa.DataType], int | None]:
+def read_input_counted(config: JobConfig, units=None) -> tuple[ray.data.Dataset, dict[str, pa.DataType], int | None]:
     """`read_input` plus the number of input rows when it is known without reading the media: Parquet
     footers, or the file count of a media folder (None for WebDataset shards). `Dataset.count()` after our
-    renaming map would read every image just to count rows."""
+    renaming map would read every image just to count rows. `units` (a `pipeline.resume.ResumePlan` with
+    units): read only its unfinished files, each row tagged with its unit (`UNIT_COLUMN`)."""
     kind = input_kind(config.input)
     if kind == "parquet":
-        schema = parquet_schema(config.input)
-        cols = set(schema.names)
-        wanted = {config.id_column, *config.keep_columns}
-        for c in (config.prompt_column, config.messages_column):
-            if c:
-                wanted.add(c)
-        missing = sorted(c for c in wanted if c not in cols)
-        media = [c for c in (config.image_column, config.video_column) if c and c in cols]
-        if missing or not media:
-            raise InputError(f"{config.input}: missing columns {missing or ''}"
-                             f"{'' if media else ' and no image/video column'} (have {sorted(cols)})")
-        ds = ray.data.read_parquet(config.input).select_columns(sorted(wanted | set(media)))
+        schema, wanted, media = check_parquet_columns(config)
         keep = {c: schema.field(c).type for c in config.keep_columns}
+        if units is not None and units.units is not None:
+            from pipeline.resume import tag_units
+
+            files = [units.units.uri(k) for k in units.read_keys]
+            ds = ray.data.read_parquet(files, include_paths=True).select_columns(sorted(wanted | set(media) | {"path"}))
+            ds = ds.map_batches(tag_units, fn_kwargs={"base": units.units.base}, batch_format="pyarrow")
+            return normalise_columns(ds, config), keep, sum(units.unit_rows.values())
+        ds = ray.data.read_parquet(config.input).select_columns(sorted(wanted | set(media)))
         return normalise_columns(ds, config), keep, ds.count()  # from the footers: nothing is read yet
     if kind == "folder":
         base, files = media_files(config.input)
@@ -152,6 +150,25 @@ def read_input_counted(config: JobConfig) -> tuple[ray.data.Dataset, dict[str, p
     # read each shard as bytes and split it here, keeping media as bytes for the isolated decoder.
     ds = ray.data.read_binary_files(config.input, file_extensions=["tar"])
     return ds.flat_map(_tar_samples), {}, None
+
+
+def check_parquet_columns(config: JobConfig) -> tuple[pa.Schema, set[str], list[str]] | None:
+    """A Parquet input's (schema, columns wanted, media columns present), or InputError naming what is
+    missing; None for other inputs. Reads one footer."""
+    if input_kind(config.input) != "parquet":
+        return None
+    schema = parquet_schema(config.input)
+    cols = set(schema.names)
+    wanted = {config.id_column, *config.keep_columns}
+    for c in (config.prompt_column, config.messages_column):
+        if c:
+            wanted.add(c)
+    missing = sorted(c for c in wanted if c not in cols)
+    media = [c for c in (config.image_column, config.video_column) if c and c in cols]
+    if missing or not media:
+        raise InputError(f"{config.input}: missing columns {missing or ''}"
+                         f"{'' if media else ' and no image/video column'} (have {sorted(cols)})")
+    return schema, wanted, media
 
 
 def check_id_column(names: list[str], config: JobConfig) -> None:

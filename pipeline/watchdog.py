@@ -5,12 +5,15 @@ process dies while it is being constructed (a driver segfault, the OOM killer wh
 restarted again and again and the job never fails. `iterate_with_stall_timeout` pulls the stream on a
 helper thread and raises `JobStalledError` in the caller when no item arrives for `stall_s` seconds, so
 the job exits with a clear message in bounded time. Rows already received are the caller's to commit.
+A `watch` (pipeline/cluster_watch.py) is polled while items are late: it may fail the job sooner (a lost
+node whose actors cannot be placed again) and words the stall message from what it sees.
 """
 
 from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Iterable, Iterator
 from typing import TypeVar
 
@@ -22,10 +25,15 @@ class JobStalledError(RuntimeError):
     """No output for longer than the stall timeout."""
 
 
-def iterate_with_stall_timeout(items: Iterable[T], stall_s: float, what: str = "output") -> Iterator[T]:
-    if not stall_s or stall_s <= 0:
+POLL_S = 5.0
+
+
+def iterate_with_stall_timeout(items: Iterable[T], stall_s: float, what: str = "output",
+                               watch=None) -> Iterator[T]:
+    if (not stall_s or stall_s <= 0) and watch is None:
         yield from items
         return
+    stall_s = stall_s if stall_s and stall_s > 0 else float("inf")
     box: queue.Queue = queue.Queue(maxsize=1)
 
     def pump() -> None:
@@ -38,14 +46,26 @@ def iterate_with_stall_timeout(items: Iterable[T], stall_s: float, what: str = "
 
     # A daemon: after a stall it may stay blocked inside Ray until the process exits.
     threading.Thread(target=pump, name="stream-pump", daemon=True).start()
+    last = time.monotonic()
     while True:
+        idle = time.monotonic() - last
+        poll = stall_s - idle if watch is None else min(stall_s - idle, POLL_S, getattr(watch, "loss_stall_s", POLL_S))
         try:
-            item = box.get(timeout=stall_s)
+            item = box.get(timeout=max(0.01, poll))
         except queue.Empty:
+            idle = time.monotonic() - last
+            early = watch.check(idle) if watch is not None else None
+            if early:
+                raise JobStalledError(early) from None
+            if idle < stall_s:
+                continue
+            if watch is not None:
+                raise JobStalledError(watch.explain(idle)) from None
             raise JobStalledError(
                 f"no {what} for {stall_s:.0f} s: the job is stuck (a GPU actor that keeps dying while it starts, "
                 "e.g. killed for memory while loading weights, looks like this; see the Ray logs: `ray logs` or "
                 "the dashboard). Rows written so far are kept; re-running the same command resumes.") from None
+        last = time.monotonic()
         if item is _DONE:
             return
         if isinstance(item, BaseException):

@@ -22,12 +22,14 @@ def table(ids):
 def test_resume_returns_written_ids(tmp_path, fmt):
     cfg = JobConfig(model="m", input="in", output=str(tmp_path / "out"), output_format=fmt)
     sink = OutputSink(cfg.output, output_schema(), fmt)
-    assert sink.prepare(cfg) == set()
+    sink.prepare(cfg)
+    assert sink.existing_ids() == set()
     sink.write(table(["a", "b"]))
     sink.write(table(["c"]))
     (tmp_path / "out" / f".tmp-part-x.{fmt}").write_text("half written")
     again = OutputSink(cfg.output, output_schema(), fmt)
-    assert again.prepare(cfg) == {"a", "b", "c"}
+    again.prepare(cfg)
+    assert again.existing_ids() == {"a", "b", "c"}
     assert not list((tmp_path / "out").glob(".tmp-*"))  # crash debris removed
 
 
@@ -40,7 +42,9 @@ def test_different_config_refused_unless_overwrite(tmp_path):
     with pytest.raises(ConfigMismatchError, match="different configuration"):
         OutputSink(other.output, output_schema()).prepare(other)
     forced = JobConfig(model="m", input="in", output=cfg.output, prompt="something else", overwrite=True)
-    assert OutputSink(forced.output, output_schema()).prepare(forced) == set()
+    forced_sink = OutputSink(forced.output, output_schema())
+    forced_sink.prepare(forced)
+    assert forced_sink.existing_ids() == set()
     # Non-output knobs (throughput settings) do not change the fingerprint.
     assert JobConfig(model="m", input="in", output="x", batch_size=7).fingerprint() == cfg.fingerprint()
 
@@ -64,9 +68,13 @@ def test_output_format_change_is_refused_not_duplicated(tmp_path):
     jsonl = JobConfig(model="m", input="in", output=out, output_format="jsonl")
     with pytest.raises(ConfigMismatchError, match="holds parquet output but --output-format is jsonl"):
         OutputSink(out, output_schema(), "jsonl").prepare(jsonl)
-    assert OutputSink(out, output_schema(), "parquet").prepare(parquet) == {"a", "b"}  # same format resumes
+    same = OutputSink(out, output_schema(), "parquet")
+    same.prepare(parquet)  # the same format resumes
+    assert same.existing_ids() == {"a", "b"}
     forced = JobConfig(model="m", input="in", output=out, output_format="jsonl", overwrite=True)
-    assert OutputSink(out, output_schema(), "jsonl").prepare(forced) == set()
+    replaced = OutputSink(out, output_schema(), "jsonl")
+    replaced.prepare(forced)
+    assert replaced.existing_ids() == set()
     assert not list((tmp_path / "o").glob("part-*"))  # the parquet parts were replaced, not kept beside
 
 
