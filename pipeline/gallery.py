@@ -26,7 +26,7 @@ import pyarrow.parquet as pq
 from pipeline.job_config import JobConfig
 from pipeline.schema import output_schema
 from pipeline.sink import OutputSink
-from pipeline.sources import IMAGE_EXT, input_kind, media_files, parquet_files
+from pipeline.sources import IMAGE_EXT, MEDIA_EXT, input_kind, media_files, parquet_files
 from pipeline.thumbnails import media_cell_bytes, parquet_cells, thumbnail_uri
 
 # "_" like _vlmcap_job.json: pyarrow/pandas/Spark readers skip "_" and "." names, so reading the output
@@ -35,6 +35,7 @@ GALLERY_FILE = "_gallery.html"
 STYLE = """body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#222}
 .grid{display:grid;grid-template-columns:repeat(auto-fill,minmax(260px,1fr));gap:12px}
 .card{border:1px solid #ddd;border-radius:6px;padding:8px;display:flex;gap:8px}
+.card>div{min-width:0;overflow-wrap:anywhere}
 .card img{max-width:128px;max-height:128px;flex:none}.id{font-family:monospace;font-size:12px;color:#555}
 .err{color:#b00020}.muted{color:#777}.reason{font-size:12px;color:#777}"""
 
@@ -101,14 +102,15 @@ def input_images(config: JobConfig, ids: set[str]) -> dict[str, bytes]:
         fs, _ = fsspec.core.url_to_fs(config.input)
         present = {f.removeprefix(base) for f in files}
         return {i: fs.cat(base + i) for i in ids
-                if i in present and posixpath.splitext(i)[1].lower() in IMAGE_EXT}
+                if i in present and posixpath.splitext(i)[1].lower() in MEDIA_EXT}
     if kind == "webdataset":
         return _tar_images(config.input, ids)
-    if not config.image_column:
-        return {}
     fs, files = parquet_files(config.input)
-    cells = parquet_cells(fs, files, config.id_column, config.image_column, ids)
-    return {i: data for i, cell in cells.items() if (data := media_cell_bytes(cell))}
+    out: dict[str, bytes] = {}
+    for column in filter(None, (config.image_column, config.video_column)):  # a video row: its first frame
+        cells = parquet_cells(fs, files, config.id_column, column, set(ids) - set(out))
+        out.update({i: data for i, cell in cells.items() if (data := media_cell_bytes(cell))})
+    return out
 
 
 def render(config: JobConfig, rows: list[dict]) -> str:

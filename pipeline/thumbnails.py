@@ -30,13 +30,27 @@ MAX_SIDE = 128
 THUMB_MAX_PIXELS = 64_000_000  # load_image's default: what the caption pipeline itself accepts
 
 
+def first_frame(data: bytes):
+    """A video's first frame as a PIL image (bounded decode), or None for anything that is not a video."""
+    from PIL import Image
+
+    try:
+        from models.video import decode_video
+
+        return Image.fromarray(decode_video(data, 1, timeout_s=10.0).frames[0])
+    except (InputError, ImportError):
+        return None
+
+
 def thumbnail_uri(data: bytes | None, max_side: int = MAX_SIDE) -> str | None:
     if not data:
         return None
     try:
         image = load_image(data, max_pixels=THUMB_MAX_PIXELS)
-    except InputError:  # MediaDecodeError / MediaTooLargeError: the page shows "no thumbnail" instead
-        return None
+    except InputError:  # not an image: a video's first frame, else the page shows "no image"
+        image = first_frame(data)
+        if image is None:
+            return None
     # reducing_gap: decode-time downscaling first, then a proper resample (fast on large photos, still sharp)
     image.thumbnail((max_side, max_side), reducing_gap=2.0)
     buf = io.BytesIO()

@@ -32,7 +32,8 @@ REPORT_FILE = "report.html"
 MAX_RUNS = 30  # trend window: more points would make the plots unreadable, the history keeps them all
 STYLE = """body{font:14px/1.4 system-ui,sans-serif;margin:24px;color:#222}
 table{border-collapse:collapse;margin:8px 0 20px}
-th,td{border:1px solid #ccc;padding:3px 8px;text-align:left;vertical-align:top}th{background:#f0f0f0}
+th,td{border:1px solid #ccc;padding:3px 8px;text-align:left;vertical-align:top;overflow-wrap:anywhere;max-width:40em}
+th{background:#f0f0f0}
 td.num{text-align:right;font-variant-numeric:tabular-nums}tr.headline td{font-weight:600}
 .err{color:#b00020}.trend{display:inline-block;margin:0 24px 16px 0;vertical-align:top}
 img.thumb{max-width:128px;max-height:128px}.muted{color:#777}"""

@@ -169,3 +169,19 @@ def test_gallery_on_a_rerun_with_nothing_left_to_do(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "nothing to do" in out and "_gallery.html" in out
     assert len(Cards((tmp_path / "out" / "_gallery.html").read_text(encoding="utf-8")).cards) == 3
+
+
+def test_video_rows_get_their_first_frame_as_thumbnail(tmp_path):
+    from pipeline.gallery import input_images
+    from pipeline.thumbnails import thumbnail_uri
+
+    clip = Path(__file__).resolve().parents[2] / "demo" / "media" / "clip_9frames.mp4"
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "clip.mp4").write_bytes(clip.read_bytes())
+    config = JobConfig(model="m", input=str(tmp_path / "in"), output=str(tmp_path / "out"))
+    found = input_images(config, {"clip.mp4"})
+    uri = thumbnail_uri(found["clip.mp4"])
+    frame = Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1])))
+    red = np.asarray(frame.convert("RGB")).reshape(-1, 3)
+    assert ((red[:, 0] > 150) & (red[:, 1] < 90)).any()  # the demo clip's red circle
+    assert thumbnail_uri(b"neither an image nor a video") is None
