@@ -46,8 +46,11 @@ class PartWriter:
         else:
             units = table.column(UNIT_COLUMN)
             table = table.drop_columns([UNIT_COLUMN])
+            known = self.plan.units.files if self.plan and self.plan.units else {}
             for key in pc.unique(units).to_pylist():
-                self._add(key, table.filter(pc.equal(units, key)))
+                # A key the plan does not know (a path Ray spells differently) must not name parts or records:
+                # such rows go to parts without a unit, whose ids a resume reads.
+                self._add(key if key in known else None, table.filter(pc.equal(units, key)))
         if time.monotonic() - self.last_flush > self.flush_s:
             self.flush()
 

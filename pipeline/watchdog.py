@@ -60,7 +60,7 @@ def iterate_with_stall_timeout(items: Iterable[T], stall_s: float, what: str = "
             if idle < stall_s:
                 continue
             if watch is not None:
-                raise JobStalledError(watch.explain(idle)) from None
+                raise JobStalledError(watch.explain(stall_s)) from None
             raise JobStalledError(
                 f"no {what} for {stall_s:.0f} s: the job is stuck (a GPU actor that keeps dying while it starts, "
                 "e.g. killed for memory while loading weights, looks like this; see the Ray logs: `ray logs` or "

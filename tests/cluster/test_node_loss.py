@@ -186,7 +186,10 @@ if __name__ == "__main__":  # repeated runs by hand: <case> --runs N
     p.add_argument("case", choices=["preprocess", "generate"])
     p.add_argument("--runs", type=int, default=10)
     p.add_argument("--rows", type=int, default=120)
+    p.add_argument("--no-headroom", action="store_true", help="let the preprocess pool take every CPU (as before)")
     args = p.parse_args()
+    if args.no_headroom:
+        builder.preprocess_pool_cap = lambda lo, hi: hi
     with tempfile.TemporaryDirectory() as d:
         model = write_tiny_mllama(Path(d) / "model")
         outcomes = []

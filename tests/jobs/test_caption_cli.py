@@ -173,6 +173,9 @@ def test_s3_in_and_out(tiny_mllama_dir, tmp_path, moto_s3):
     assert sorted(ids) == [f"r{i:03d}" for i in range(12)]
     assert all(e is None for t in tables for e in t.column("error").to_pylist())
     assert {m for t in tables for m in t.column("model").to_pylist()} == {"tiny-mllama"}
+    # Resume state per input file: Ray's S3 paths map to the same unit the driver planned (parts named by it)
+    (record,) = fs.ls("bucket/out/_vlmcap_done")
+    assert record.rsplit("/", 1)[-1].endswith("-12.json") and all("/part-u" in p for p in parts)
 
 
 

@@ -105,9 +105,11 @@ def test_retried_and_repeated_rows_are_dropped_and_finish_records_the_rest(tmp_p
     w.add(out_rows(["r0000"], key(0)))  # a retried batch of a finished unit
     w.add(out_rows(["r0002", "r0002"], key(1)))  # an id repeated: written once, the unit never counts full
     assert w.dropped == 2 and sink.done_units() == {key(0): 2}
+    w.add(out_rows(["r0003"], "not-a-unit-of-this-input"))
     w.finish()  # the stream ended complete: every unit it read is finished
     assert sink.done_units() == {key(0): 2, key(1): 3}
-    assert output_ids(sink) == ["r0000", "r0001", "r0002"]
+    assert sum(OutputSink.part_unit(p) is None for p in sink.parts()) == 1  # the unknown key named nothing
+    assert output_ids(sink) == ["r0000", "r0001", "r0002", "r0003"]
 
 
 def test_old_outputs_without_units_still_resume(tmp_path):
