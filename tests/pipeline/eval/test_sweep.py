@@ -11,7 +11,6 @@ Random weights, so accuracy is not checked. Also: deltas and the regression exit
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import signal
@@ -22,12 +21,9 @@ import time
 from html.parser import HTMLParser
 from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import ray
-from PIL import Image
 
 from jobs.eval import main as eval_main
 from pipeline.eval import report
@@ -39,13 +35,6 @@ def local_ray():
     ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="warning")
     yield
     ray.shutdown()
-
-
-def png(seed: int) -> bytes:
-    rng = np.random.default_rng(seed)
-    buf = io.BytesIO()
-    Image.fromarray(rng.integers(0, 256, (32, 40, 3), dtype=np.uint8)).save(buf, "PNG")
-    return buf.getvalue()
 
 
 def watched(fn, *args, timeout_s: float = 300):
@@ -136,14 +125,15 @@ def snapshot(cell: Path, pattern: str = "*") -> dict[str, int]:
 
 def test_sweep_killed_mid_sweep_resumes_to_the_uninterrupted_result(tiny_ov_dir, tiny_mllama_dir, tmp_path,
                                                                      engine_texts):
+    from pipeline.eval.easy_vqa import convert, package_data_dir
     from pipeline.eval.prepare import prepare_task
     from pipeline.eval.runner import job_config
     from pipeline.eval.score import score_table
     from pipeline.eval.sweep import load_sweep
 
-    rows = [{"id": f"q{i}", "image": png(i), "question": f"Is shape {i} red?", "answer": ["yes", "no"][i % 2]}
-            for i in range(3)]
-    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "easy.parquet")
+    # The real easy-VQA test split (the easy-vqa package's data), converted as a user would: end to end.
+    assert convert(package_data_dir(), "test", tmp_path / "easy.parquet", limit=3) == 3
+    rows = pq.read_table(tmp_path / "easy.parquet").to_pylist()
     sweep_file = tmp_path / "sweep.yaml"
     sweep_file.write_text(json.dumps({  # JSON is YAML
         "output": str(tmp_path / "evals"),
@@ -199,7 +189,7 @@ def test_sweep_killed_mid_sweep_resumes_to_the_uninterrupted_result(tiny_ov_dir,
             inputs = pq.read_table(Path(prepared.uri) / "data.parquet").to_pylist()
             for setting in sweep.settings:
                 name = f"{m}/{task.name}/{setting.name}"
-                assert sorted(cell_rows(cells[name])) == ["q0", "q1", "q2"], name
+                assert sorted(cell_rows(cells[name])) == sorted(r["id"] for r in rows), name
                 config = job_config(sweep, m, task, setting, prepared, str(cells[name]))
                 want = engine_texts(config, inputs)
                 scores = pq.read_table(cells[name] / "scores.parquet")
