@@ -15,6 +15,7 @@ Two entry points:
 from __future__ import annotations
 
 import dataclasses
+import sys
 
 import pyarrow as pa
 import ray
@@ -62,7 +63,11 @@ class CaptionProcessor:
             self.schema = output_schema({k: _arrow_type(types[k]) for k in c.keep_columns})
         ds = normalise_columns(ds, c)  # idempotent: rows from read_input are already normalised
         lo, hi = c.preprocess_actors
-        hi = preprocess_pool_cap(lo, hi)  # spare CPUs for the actors of a lost node (pipeline/cluster_watch.py)
+        capped = preprocess_pool_cap(lo, hi)  # spare CPUs for the actors of a lost node (pipeline/cluster_watch.py)
+        if capped < hi:
+            print(f"[caption] preprocess actors capped at {capped} (of {hi}): the cluster's CPUs minus its largest "
+                  "node's, so the actors of a lost node can start again elsewhere", file=sys.stderr, flush=True)
+        hi = capped
         # Small input files are read as one big block, and an actor stage emits a block only when it has
         # processed all of it: without this, a job's first output (and its first committed part file,
         # i.e. what a crash can keep) would wait for the whole input. Streaming, not a shuffle.

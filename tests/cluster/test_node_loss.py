@@ -154,7 +154,7 @@ def test_worker_node_removed_mid_job_every_id_once(tiny_mllama_dir, tmp_path, vi
 def test_node_added_mid_job_gets_work(tiny_mllama_dir, tmp_path):
     """Two replicas on a cluster with one GPU node: the second generate actor waits for a node; one added
     mid-job takes it, and the job ends with every id once."""
-    n = 48
+    n = 120
     data, out = images_parquet(tmp_path / "in", n, files=4), tmp_path / "out"
     cluster, workers = start_cluster([{"num_cpus": 1, "num_gpus": 1}])
     try:
