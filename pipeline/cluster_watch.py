@@ -25,27 +25,23 @@ WAITING = ("RESTARTING", "PENDING_CREATION", "DEPENDENCIES_UNREADY")
 def _alive_nodes() -> list[dict]:
     import ray
 
-    return [n for n in ray.nodes() if n.get("Alive")]
+    return [n for n in ray.nodes() if n.get("Alive")] if ray.is_initialized() else []
 
 
 def _actors() -> Iterable[dict]:
     import ray
 
-    return ray._private.state.actors().values()
+    return ray._private.state.actors().values() if ray.is_initialized() else []
 
 
 def _free() -> dict:
     import ray
 
-    return ray.available_resources()
+    return ray.available_resources() if ray.is_initialized() else {}
 
 
 def preprocess_pool_cap(lo: int, hi: int, nodes: list[dict] | None = None) -> int:
     if nodes is None:
-        import ray
-
-        if not ray.is_initialized():
-            return hi
         nodes = _alive_nodes()
     cpus = [n.get("Resources", {}).get("CPU", 0) for n in nodes]
     cpus = [c for c in cpus if c > 0]
