@@ -11,6 +11,7 @@ from types import SimpleNamespace
 
 from ops.sampling import SamplingParams
 from pipeline.engine.request import Completion, Request
+from pipeline.engine.step_timer import StepTimer
 from pipeline.generate_stage import EngineThread
 
 
@@ -22,6 +23,7 @@ class MockEngine:
         self.left: dict[str, int] = {}
         self.steps_per_request = steps_per_request
         self.stats = {"generated_tokens": 0}
+        self.timer = StepTimer()  # the report line reads its token gaps
 
     def add(self, request: Request) -> None:
         self.scheduler.waiting.append(request)
