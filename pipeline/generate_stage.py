@@ -90,15 +90,22 @@ class EngineThread:
                 self.window.idle += t1 - t0
                 self.window.busy += t2 - t1
                 if t2 - self.window.start >= self.report_s:
-                    tokens = self.engine.stats["generated_tokens"]
-                    gaps = self.engine.timer.gaps_ms()
-                    self.window.gaps = "" if gaps is None else (
-                        f", token gap p50 {gaps[0]:.0f} / p99 {gaps[1]:.0f} / max {gaps[2]:.0f} ms")
-                    print(self.window.line(tokens), file=sys.stderr, flush=True)  # forwarded to the driver
-                    self.window = _Window(tokens)
+                    self._report()
         except BaseException:  # the replica's state is unknown: let Ray restart the actor
             log.exception("engine thread died; exiting so Ray restarts this replica")
             os._exit(1)
+
+    def _report(self) -> None:
+        """The `[engine]` line; a statistic, so a failure here is logged, never fatal to the replica."""
+        tokens = self.engine.stats["generated_tokens"]
+        try:
+            gaps = self.engine.timer.gaps_ms()
+            self.window.gaps = "" if gaps is None else (
+                f", token gap p50 {gaps[0]:.0f} / p99 {gaps[1]:.0f} / max {gaps[2]:.0f} ms")
+            print(self.window.line(tokens), file=sys.stderr, flush=True)  # forwarded to the driver
+        except Exception:  # noqa: BLE001
+            log.exception("engine report failed (the engine goes on)")
+        self.window = _Window(tokens)
 
 
 class _Window:

@@ -24,7 +24,8 @@ from pipeline.media_codec import codec_for
 
 @pytest.fixture(scope="module")
 def local_ray():
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="warning")
+    # address="local": always a cluster of our own, never one some other process `ray start`ed on this machine
+    ray.init(address="local", num_cpus=2, include_dashboard=False, logging_level="warning")
     yield
     ray.shutdown()
 

@@ -83,3 +83,13 @@ def test_a_cancelled_future_does_not_end_the_engine_thread():
     assert later.result(timeout=30).text == "text later"
     assert thread.thread.is_alive()
     thread.stop()
+
+
+def test_a_failing_report_line_does_not_end_the_engine_thread(caplog):
+    engine = MockEngine()
+    del engine.timer  # the report cannot read token gaps: logged, and the engine goes on
+    thread = EngineThread(engine, report_s=0.0)
+    done = thread.submit(Request("r", [1, 2, 3], None, SamplingParams(max_new_tokens=3))).result(timeout=30)
+    thread.stop()
+    assert done.text == "text r"
+    assert "engine report failed" in caplog.text
