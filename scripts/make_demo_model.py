@@ -14,7 +14,6 @@ The vocabulary keeps its real 152,000 rows, so the safetensors file is ~10 MB.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 import sys
 from pathlib import Path
@@ -27,11 +26,7 @@ sys.path.insert(0, str(ROOT))
 
 from models.onevision.model import LlavaOnevisionForConditionalGeneration  # noqa: E402
 from models.random_weights import random_model  # noqa: E402
-
-SOURCE = "llava-onevision-qwen2-0.5b-ov-hf"
-COPIED = ("added_tokens.json", "chat_template.json", "generation_config.json",
-          "preprocessor_config.json", "processor_config.json", "special_tokens_map.json", "tokenizer.json",
-          "tokenizer_config.json")  # tokenizer.json is all our Tokenizer reads; vocab.json/merges.txt stay out
+from scripts.train_demo_model import SOURCE, write_metadata  # noqa: E402  (the same metadata files)
 
 
 def tiny_config(real: dict) -> dict:
@@ -53,14 +48,7 @@ def main() -> None:
     out = args.out
     if out.exists():
         shutil.rmtree(out)
-    out.mkdir(parents=True)
-    (out / "config.json").write_text(json.dumps(tiny_config(json.loads((src / "config.json").read_text())), indent=2))
-    for name in COPIED:  # copyfile: contents only, not the (read-only) permissions of ../shared
-        shutil.copyfile(src / name, out / name)
-    (out / "video_processor").mkdir()
-    for f in (src / "video_processor").iterdir():
-        shutil.copyfile(f, out / "video_processor" / f.name)
-
+    write_metadata(src, out, tiny_config)
     model = random_model(LlavaOnevisionForConditionalGeneration, out, torch.bfloat16, "cpu", seed=args.seed)
     with torch.no_grad():  # a visible newline feature, so image/video rows differ from text-only ones
         model.image_newline.normal_(0, 1.0)

@@ -47,6 +47,7 @@ from models.random_weights import random_init  # noqa: E402
 from ops.attention import attention  # noqa: E402
 
 SOURCE = "llava-onevision-qwen2-0.5b-ov-hf"
+# tokenizer.json is all our Tokenizer reads; vocab.json/merges.txt stay out
 COPIED = ("added_tokens.json", "chat_template.json", "generation_config.json", "preprocessor_config.json",
           "processor_config.json", "special_tokens_map.json", "tokenizer.json", "tokenizer_config.json")
 PART_BYTES = 15 * 2**20
@@ -62,9 +63,10 @@ def demo_config(real: dict) -> dict:
                 torch_dtype="bfloat16")
 
 
-def write_metadata(src: Path, out: Path) -> None:
+def write_metadata(src: Path, out: Path, shrink=demo_config) -> None:
+    """`out/config.json` = `shrink(src's config)`; tokenizer, template and processor files copied from `src`."""
     out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(demo_config(json.loads((src / "config.json").read_text())), indent=2))
+    (out / "config.json").write_text(json.dumps(shrink(json.loads((src / "config.json").read_text())), indent=2))
     for name in COPIED:  # copyfile: contents only, not the read-only permissions of ../shared
         shutil.copyfile(src / name, out / name)
     (out / "video_processor").mkdir(exist_ok=True)
