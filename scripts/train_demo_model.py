@@ -55,9 +55,11 @@ HELD_OUT_SEED = 10**9  # training streams are seeded [seed, worker]; evaluation 
 
 
 def demo_config(real: dict) -> dict:
-    text = dict(real["text_config"], hidden_size=64, intermediate_size=256, num_hidden_layers=4,
-                num_attention_heads=4, num_key_value_heads=2, max_window_layers=4, tie_word_embeddings=True)
-    vision = dict(real["vision_config"], hidden_size=128, intermediate_size=512, num_hidden_layers=4,
+    # hidden 64 is what the 25 MB budget allows next to the 152k-row embedding (19.5 MB); depth and MLP
+    # width are nearly free in bytes, so they carry the capacity
+    text = dict(real["text_config"], hidden_size=64, intermediate_size=512, num_hidden_layers=6,
+                num_attention_heads=4, num_key_value_heads=2, max_window_layers=6, tie_word_embeddings=True)
+    vision = dict(real["vision_config"], hidden_size=128, intermediate_size=512, num_hidden_layers=6,
                   num_attention_heads=4)
     return dict(real, text_config=text, vision_config=vision, _name_or_path="vlmcap-demo-onevision",
                 torch_dtype="bfloat16")
@@ -95,7 +97,11 @@ def causal(layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) ->
 def loss_of(model, batch: dict, device: torch.device, mean, std) -> torch.Tensor:
     ids, labels = batch["ids"].to(device, non_blocking=True), batch["labels"].to(device, non_blocking=True)
     feats = model.media_features(batch["media"], pixel_mean=mean, pixel_std=std)
-    x = model.embed(ids, feats)
+    # every training row has one kind of media, so row-major placeholder order is feature order: one
+    # scatter instead of `model.embed`'s per-row lookups (each a host sync)
+    x = model.language_model.model.embed_tokens(ids)
+    slots = (ids == model.cfg.image_token_id) | (ids == model.cfg.video_token_id)
+    x = x.masked_scatter(slots[..., None], torch.cat(feats).to(x.dtype))
     positions = torch.arange(ids.shape[1], device=device).expand_as(ids)
     hidden = model.language_model.model(None, positions, causal, inputs_embeds=x)  # [B, S, H]
     target = labels[:, 1:]
@@ -141,6 +147,19 @@ def save(model, out: Path, export_dir: Path | None, progress: dict) -> None:
         (export_dir / "progress.json").write_text(json.dumps(progress))
 
 
+def load_weights(model, src: Path) -> dict:
+    """Weights from `src` (a checkpoint dir or exported parts) into `model`; returns its progress record."""
+    from safetensors.torch import load
+
+    files = sorted(src.glob("model.part*"), key=lambda p: int(p.name.removeprefix("model.part")))
+    blob = b"".join(p.read_bytes() for p in files) if files else (src / "model.safetensors").read_bytes()
+    missing, unexpected = model.load_state_dict(load(blob), strict=False)
+    if unexpected or set(missing) - set(model.tied_weights):
+        raise SystemExit(f"{src}: weights do not match the model: missing {missing}, unexpected {unexpected}")
+    progress = src / "progress.json"
+    return json.loads(progress.read_text()) if progress.exists() else {}
+
+
 def from_parts(parts: Path, out: Path, shared: Path) -> None:
     write_metadata(shared / SOURCE, out)
     files = sorted(parts.glob("model.part*"), key=lambda p: int(p.name.removeprefix("model.part")))
@@ -157,7 +176,11 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--out", type=Path, default=ROOT / "demo" / "model")
     ap.add_argument("--shared", type=Path, default=ROOT.parent / "shared" / "checkpoints")
     ap.add_argument("--easy-vqa-dir", type=Path, help="easy-VQA data dir (train/questions.json, train/images/)")
-    ap.add_argument("--time-budget-s", type=float, default=600.0, help="training time (schedule spans it)")
+    ap.add_argument("--time-budget-s", type=float, default=600.0, help="training time of this run")
+    ap.add_argument("--schedule-s", type=float, help="training time the learning-rate schedule spans, over "
+                    "resumed runs (default: --time-budget-s)")
+    ap.add_argument("--resume", type=Path, help="start from these weights (checkpoint dir or exported parts) "
+                    "and their progress.json: the schedule continues where it stopped; AdamW restarts")
     ap.add_argument("--max-steps", type=int, default=10**9)
     ap.add_argument("--batch", type=int, default=48)
     ap.add_argument("--lr", type=float, default=3e-3)
@@ -182,6 +205,9 @@ def main(argv: list[str] | None = None) -> None:
         model = LlavaOnevisionForConditionalGeneration(cfg)
     model.language_model.reset_buffers()  # tie lm_head to the embedding
     random_init(model, args.seed, fuse=False)
+    done = load_weights(model, args.resume) if args.resume else {}
+    offset, step0 = float(done.get("elapsed_s", 0.0)), int(done.get("steps", 0))
+    schedule_s = args.schedule_s or args.time_budget_s
     maker = ExampleMaker(args.out, args.easy_vqa_dir)
     pre = json.loads((args.out / "preprocessor_config.json").read_text())
     mean, std = tuple(pre["image_mean"]), tuple(pre["image_std"])  # as the engine's runner normalises uint8
@@ -189,23 +215,24 @@ def main(argv: list[str] | None = None) -> None:
     rest = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embed" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": rest, "weight_decay": 0.0}],
                             lr=args.lr, betas=(0.9, 0.98), fused=device.type == "cuda")
-    loader = torch.utils.data.DataLoader(Stream(args.out, args.easy_vqa_dir, args.batch, args.seed), batch_size=None,
-                                         num_workers=args.workers, pin_memory=device.type == "cuda",
+    stream = Stream(args.out, args.easy_vqa_dir, args.batch, args.seed + step0)  # resumed runs see new data
+    loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=args.workers,
+                                         pin_memory=device.type == "cuda",
                                          prefetch_factor=4 if args.workers else None, persistent_workers=False)
     params = sum(p.numel() for p in model.parameters())
     print(f"[train] {params / 1e6:.1f}M parameters on {device}, batch {args.batch}, {args.workers} data workers, "
-          f"budget {args.time_budget_s:.0f} s", flush=True)
+          f"budget {args.time_budget_s:.0f} s of a {schedule_s:.0f} s schedule, from step {step0}", flush=True)
     model.train()
-    t0, step, smooth = time.perf_counter(), 0, None
+    t0, step, smooth = time.perf_counter(), step0, None
     last_save = t0
     profiler = None
     for batch in loader:
-        if args.profile_steps and step == 10:
+        if args.profile_steps and step == step0 + 10:
             profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU] + (
                 [torch.profiler.ProfilerActivity.CUDA] if device.type == "cuda" else []))
             profiler.__enter__()
             t_prof = time.perf_counter()
-        if profiler is not None and step == 10 + args.profile_steps:
+        if profiler is not None and step == step0 + 10 + args.profile_steps:
             if device.type == "cuda":
                 torch.cuda.synchronize()
             profiler.__exit__(None, None, None)
@@ -213,11 +240,13 @@ def main(argv: list[str] | None = None) -> None:
             print(f"[train] {args.profile_steps} profiled steps: {per_step * 1e3:.0f} ms each", flush=True)
             key = "self_cuda_time_total" if device.type == "cuda" else "self_cpu_time_total"
             print(profiler.key_averages().table(sort_by=key, row_limit=25), flush=True)
+            print(profiler.key_averages().table(sort_by="cpu_time_total", row_limit=25), flush=True)
             return None
-        frac = (time.perf_counter() - t0) / args.time_budget_s
-        if frac >= 1 or step >= args.max_steps:
+        ran = time.perf_counter() - t0
+        frac = (offset + ran) / schedule_s
+        if frac >= 1 or ran >= args.time_budget_s or step >= args.max_steps:
             break
-        lr = args.lr * min(1.0, (step + 1) / 100) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
+        lr = args.lr * min(1.0, (step - step0 + 1) / 100) * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(frac, 1.0))))
         for g in opt.param_groups:
             g["lr"] = lr
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
@@ -232,16 +261,18 @@ def main(argv: list[str] | None = None) -> None:
         if step % args.log_every == 0:
             print(f"[train] step {step} loss {smooth:.4f} lr {lr:.2e} {time.perf_counter() - t0:.0f} s", flush=True)
         if time.perf_counter() - last_save >= args.save_every_s:
-            save(model, args.out, args.export_dir, {"steps": step, "loss": smooth})
+            save(model, args.out, args.export_dir,
+                 {"steps": step, "loss": smooth, "elapsed_s": offset + time.perf_counter() - t0})
             last_save = time.perf_counter()
-    train_s = time.perf_counter() - t0
-    save(model, args.out, args.export_dir, {"steps": step, "loss": smooth})
+    train_s = offset + time.perf_counter() - t0
+    save(model, args.out, args.export_dir, {"steps": step, "loss": smooth, "elapsed_s": train_s})
     print(f"[train] {step} steps in {train_s:.0f} s; saved the weights", flush=True)
     model.eval()
     acc = held_out(model, maker, args.eval_scenes, device, mean, std)
     print("[train] held-out exact match: "
           + ", ".join(f"{k} {v:.0%}" for k, v in acc.items()), flush=True)
-    record = {"steps": step, "train_seconds": round(train_s), "batch": args.batch, "lr": args.lr, "seed": args.seed,
+    record = {"steps": step, "train_seconds": round(train_s), "schedule_seconds": round(schedule_s),
+              "batch": args.batch, "lr": args.lr, "seed": args.seed,
               "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
               "easy_vqa": args.easy_vqa_dir is not None, "held_out_exact_match": acc}
     for d in filter(None, (args.out, args.export_dir)):

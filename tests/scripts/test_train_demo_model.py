@@ -61,9 +61,13 @@ def test_one_example_is_learned(script, shared, tmp_path):
         losses.append(loss.item())
     assert losses[-1] < 0.7 * losses[0], losses
 
-    script.save(model, out, tmp_path / "parts", {"steps": 8})
+    script.save(model, out, tmp_path / "parts", {"steps": 8, "elapsed_s": 3.0})
     loaded = LlavaOnevisionForConditionalGeneration.from_pretrained(out, dtype=torch.float32)
     assert torch.equal(loaded.image_newline, model.image_newline.detach().to(torch.bfloat16).float())
     assert (out / "model.safetensors").stat().st_size < 25 * 10**6
     script.from_parts(tmp_path / "parts", tmp_path / "joined", shared)
     assert (tmp_path / "joined" / "model.safetensors").read_bytes() == (out / "model.safetensors").read_bytes()
+
+    fresh = LlavaOnevisionForConditionalGeneration(OneVisionConfig.from_dir(out))  # --resume from the parts
+    assert script.load_weights(fresh, tmp_path / "parts") == {"steps": 8, "elapsed_s": 3.0}
+    assert torch.equal(fresh.image_newline, loaded.image_newline.to(fresh.image_newline.dtype))
