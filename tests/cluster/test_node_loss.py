@@ -6,8 +6,9 @@ placement, node death and lineage reconstruction are Ray's real code paths:
   finishes, every id exactly once (the hang of issue 18 was this case);
 - the generate actor's node removed abruptly mid-job: its actor restarts on the spare GPU node, every id once;
 - a node added mid-job gets work (a preprocess actor is placed on it).
-Every job runs under a watchdog (a hang fails the test). Run one case many times by hand:
-    .venv/bin/python tests/cluster/test_node_loss.py preprocess-node --runs 10
+Every job runs under a watchdog (a hang fails the test). Run one case many times by hand; the issue's own
+configuration (tiny OneVision, 400 rows, 4 batches in flight) is
+    .venv/bin/python tests/cluster/test_node_loss.py preprocess --model ov --rows 400 --runs 10
 """
 
 from __future__ import annotations
@@ -103,15 +104,29 @@ def wait_until(cond, timeout_s: float, what: str) -> None:
     raise AssertionError(f"timed out waiting for {what}")
 
 
-def node_loss_run(model: Path, tmp: Path, victim: str, n: int = 120, timeout_s: float = 150) -> dict:
+def join_while_output_grows(thread: threading.Thread, out: Path, quiet_s: float) -> None:
+    """Wait for the job; give up once no new row has been committed for `quiet_s` (a hang, not a slow run:
+    400 rows on two shared cores take minutes, and only a stream that stopped should count as hung)."""
+    seen, since = -1, time.monotonic()
+    while thread.is_alive() and time.monotonic() - since < quiet_s:
+        thread.join(2.0)
+        rows = len(output_ids(out))
+        if rows != seen:
+            seen, since = rows, time.monotonic()
+
+
+def node_loss_run(model: Path, tmp: Path, victim: str, n: int = 120, timeout_s: float = 150, files: int = 6,
+                  **config) -> dict:
     """One job on a head (1 CPU) + two GPU workers (1 CPU + 1 fake GPU each); once output flows, the
     `victim` worker ("preprocess": a node holding preprocess actors but not the generate actor,
-    "generate": the generate actor's node) is removed abruptly. Returns what happened."""
-    data = images_parquet(tmp / "in", n, files=6)
+    "generate": the generate actor's node) is removed abruptly. Returns what happened; `hung` means no
+    row was committed for `timeout_s` and the job had not ended (the job's own stall timeout is 90 s, so a
+    stall normally ends as an error that says what it waited for)."""
+    data = images_parquet(tmp / "in", n, files=files)
     out = tmp / "out"
     cluster, workers = start_cluster([{"num_cpus": 1, "num_gpus": 1}, {"num_cpus": 1, "num_gpus": 1}])
     try:
-        thread, result = run_in_thread(job_config(model, data, out))
+        thread, result = run_in_thread(job_config(model, data, out, **config))
         wait_until(lambda: len(output_ids(out)) >= 8 or not thread.is_alive(), timeout_s, "first output rows")
         by_id = {w.node_id: w for w in workers}
         node = None
@@ -128,10 +143,12 @@ def node_loss_run(model: Path, tmp: Path, victim: str, n: int = 120, timeout_s: 
             node = next(w for w in workers if w.node_id not in gen)
         removed_at = len(output_ids(out))
         cluster.remove_node(node, allow_graceful=False)
-        thread.join(timeout_s)
+        join_while_output_grows(thread, out, timeout_s)
         ids = output_ids(out)
+        ok = pds.dataset(str(out), format="parquet").to_table(columns=["error"])["error"].null_count if ids else 0
         return {"hung": thread.is_alive(), "error": result.get("error"), "removed_at": removed_at,
-                "rows": len(ids), "distinct": len(set(ids)), "expected": n, "victim_had": {
+                "rows": len(ids), "distinct": len(set(ids)), "expected": n, "error_rows": len(ids) - ok,
+                "victim_had": {
                     "cpu_busy": node.node_id in cpu, "generate": node.node_id in gen}}
     finally:
         ray.shutdown()
@@ -180,22 +197,28 @@ if __name__ == "__main__":  # repeated runs by hand: <case> --runs N
     import json
     import tempfile
 
-    from tests.conftest import write_tiny_mllama
+    from tests.conftest import write_tiny_mllama, write_tiny_ov
 
     p = argparse.ArgumentParser()
     p.add_argument("case", choices=["preprocess", "generate"])
     p.add_argument("--runs", type=int, default=10)
     p.add_argument("--rows", type=int, default=120)
+    p.add_argument("--files", type=int, default=6, help="input Parquet files")
+    p.add_argument("--model", choices=["mllama", "ov"], default="mllama", help="tiny Mllama or tiny OneVision")
+    p.add_argument("--batches-in-flight", type=int, default=4)
     p.add_argument("--no-headroom", action="store_true", help="let the preprocess pool take every CPU (as before)")
     args = p.parse_args()
     if args.no_headroom:
         builder.preprocess_pool_cap = lambda lo, hi: hi
     with tempfile.TemporaryDirectory() as d:
-        model = write_tiny_mllama(Path(d) / "model")
+        model = (write_tiny_ov if args.model == "ov" else write_tiny_mllama)(Path(d) / "model")
+        # OneVision's anyres prompt of these images (~300 tokens) with 8 new tokens needs more than 512.
+        extra = {"max_model_len": 2048} if args.model == "ov" else {}
         outcomes = []
         for k in range(args.runs):
             t0 = time.monotonic()
-            run = node_loss_run(model, Path(d) / f"run{k}", args.case, n=args.rows)
+            run = node_loss_run(model, Path(d) / f"run{k}", args.case, n=args.rows, files=args.files,
+                                batches_in_flight=args.batches_in_flight, **extra)
             run["error"] = repr(run["error"]) if run["error"] else None
             run["seconds"] = round(time.monotonic() - t0, 1)
             outcomes.append(run)
