@@ -160,16 +160,41 @@ class ClusterWatch:
         lost = self.lost() if lost is None else lost
         head = f"no output row for {idle_s:.0f} s: the job is stuck."
         tail = " Rows written so far are kept; re-running the same command resumes."
+        actors = [a for a in self.actors_fn() if a.get("State") != "DEAD"]
+        waiting = [a for a in actors if a.get("State") in WAITING and not a.get("Pid")]
+        free = {k: v for k, v in self.free_fn().items() if k in ("CPU", "GPU")}
         if not lost:
-            return (head + " A GPU actor that keeps dying while it starts (e.g. killed for memory while loading "
-                    "weights) looks like this; see the Ray logs (`ray logs`, the dashboard)." + tail)
+            return head + self._without_lost_node(actors, waiting, free) + tail
         names = ", ".join(f"{n.get('NodeManagerAddress', '?')} (node {n['NodeID'][:8]}, "
                           f"lost {time.monotonic() - self.lost_at[n['NodeID']]:.0f} s ago)" for n in lost)
-        waiting = self.unplaced()
-        free = {k: v for k, v in self.free_fn().items() if k in ("CPU", "GPU")}
-        why = (f" {len(waiting)} actor(s) wait to restart and no node can take them (free now: {free or 'none'}): "
-               "blocks that lived on the lost node are rebuilt by re-running their stage's actor tasks on that "
-               "same actor restarted (ray-project/ray#31794, #32489), so the batches that need them wait. Add a "
-               "node, or give the cluster spare CPUs beyond the preprocess pool (`preprocess_actors` in --config)."
-               if waiting else " No actor waits to be placed; see the Ray logs (`ray logs`, the dashboard).")
+        why = (f" {len(waiting)} actor(s) wait to restart and no node can take them ({_names(waiting)}; free now: "
+               f"{free or 'none'}): blocks that lived on the lost node are rebuilt by re-running their stage's actor "
+               "tasks on that same actor restarted (ray-project/ray#31794, #32489), so the batches that need them "
+               "wait. Add a node, or give the cluster spare CPUs beyond the preprocess pool (`preprocess_actors` in "
+               "--config)." if waiting else " No actor waits to be placed; see the Ray logs (`ray logs`, dashboard).")
         return f"{head} Lost since the job started: {names}.{why}{tail}"
+
+    @staticmethod
+    def _without_lost_node(actors: list[dict], waiting: list[dict], free: dict) -> str:
+        """What the cluster shows when no node was lost: restarts (a crash loop), actors no node can take, or
+        neither, said as seen rather than guessed."""
+        restarts = [a["NumRestarts"] for a in actors if "NumRestarts" in a]
+        seen = f" No node was lost; free now: {free or 'none'}."
+        if len(restarts) < len(actors) or sum(restarts) > 0:  # some restarts, or a state that does not count them
+            looping = [a for a in actors if a.get("NumRestarts", 0) > 0]
+            count = f" {sum(restarts)} actor restart(s) so far ({_names(looping)})." if looping else ""
+            return (seen + count + " A GPU actor that keeps dying while it starts (e.g. killed for memory while "
+                    "loading weights) looks like this; see the Ray logs (`ray logs`, the dashboard).")
+        if waiting:
+            return (seen + f" {len(waiting)} actor(s) wait for resources no node has ({_names(waiting)}): check "
+                    "--tp / --replicas against the cluster's GPUs.")
+        return (seen + f" All {len(actors)} actor(s) are alive and none has restarted: the stream waits on a task or "
+                "an object inside Ray Data; see `ray list tasks` or the dashboard.")
+
+
+def _names(actors: list[dict]) -> str:
+    counts: dict[str, int] = {}
+    for a in actors:
+        name = a.get("ActorClassName") or "?"
+        counts[name] = counts.get(name, 0) + 1
+    return ", ".join(f"{n} x {name}" for name, n in sorted(counts.items())) or "none"
