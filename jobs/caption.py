@@ -122,9 +122,10 @@ def config_from_args(args: argparse.Namespace, p: argparse.ArgumentParser) -> Jo
     if not values.get("model") and not values.get("input"):
         out = values.get("output") or str(Path.cwd() / "caption_demo_output")
         print(f"[caption] no --model/--input given: running the demo on {DEMO_INPUT} with the bundled "
-              f"tiny model (random weights, gibberish captions) -> {out}", flush=True)
+              f"tiny model (trained only on the shapes world of demo/world.py: right about its drawings and clips, "
+              f"lost on real photos) -> {out}", flush=True)
         values.update(model=str(DEMO_MODEL), input=str(DEMO_INPUT), output=out, overwrite=True,
-                      max_new_tokens=values.get("max_new_tokens", 16))
+                      max_new_tokens=values.get("max_new_tokens", 40))  # room for a 5-shape caption
     missing = [k for k in ("model", "input", "output") if not values.get(k)]
     if missing:
         raise ValueError(f"missing --{' --'.join(missing)} (or run with no arguments for the demo)")
