@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from demo import world
 from demo.examples import qa_prompt
 
-HELD_OUT_SEED = 10**9  # the trainer's end-of-run check uses default_rng(HELD_OUT_SEED); this set [.., 1]
+HELD_OUT_SEED = 10**9  # training streams are seeded [seed, worker] with small seeds; held-out scenes come from here
 
 
 def heldout_table(scenes: int, per_scene: int = 5) -> pa.Table:

@@ -32,9 +32,10 @@ from PIL import Image
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from pipeline.eval.tasks import SHORT_ANSWER  # noqa: E402
+from pipeline.eval.tasks import TaskSpec  # noqa: E402
 
 QUESTIONS = ("What color is the square?", "How many shapes are there?", "What shape is red?")
+TEMPLATE = TaskSpec(name="rows", metrics=("exact_match",)).prompt  # what the sweep's cell renders
 
 
 def write_rows(path: Path, n: int, size: int, seed: int = 0) -> None:
@@ -51,7 +52,7 @@ def write_rows(path: Path, n: int, size: int, seed: int = 0) -> None:
         rows["image"].append(buf.getvalue())
         rows["question"].append(q)
         rows["answers"].append(["red"])
-        rows["prompt"].append(f"{q}\n{SHORT_ANSWER}")  # what the task's default template renders
+        rows["prompt"].append(TEMPLATE.format(question=q))
     pq.write_table(pa.table(rows), path)
 
 

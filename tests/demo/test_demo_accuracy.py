@@ -11,6 +11,7 @@ sets: one Ray start-up and model load, not two.
 
 from __future__ import annotations
 
+from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
@@ -54,12 +55,7 @@ def test_trained_demo_model_answers(tmp_path):
     assert result["n"] == 700  # every row written (error rows would score as wrong, not vanish)
     kinds = result["by_kind"]
     easy_acc = kinds.pop("easy_vqa")
-    held_acc = sum(kinds[k] * n for k, n in _counts(held).items()) / held.num_rows
+    held_acc = sum(kinds[k] * n for k, n in Counter(held["kind"].to_pylist()).items()) / held.num_rows
     print(f"held-out exact match {held_acc:.3f} (500), easy-VQA {easy_acc:.3f} (200), by kind {kinds}")
     assert held_acc >= HELD_OUT_FLOOR, result
     assert easy_acc >= EASY_VQA_FLOOR, result
-
-
-def _counts(table: pa.Table) -> dict[str, int]:
-    kinds = table["kind"].to_pylist()
-    return {k: kinds.count(k) for k in set(kinds)}
