@@ -11,14 +11,18 @@ reference's attention mask only forbids pad->pad pairs (real tokens do attend to
 tiles), and it is the same mask for the local and the gated global encoder.
 
 Speed: the reference builds that mask densely, which halves SDPA speed (PERF_NOTES.md). The ViT has no
-RoPE, so we split attention instead: every query attends to all keys unmasked (exact for real queries,
-the fast kernel), then the pad queries are recomputed over the real keys only. Which tokens are pads
-depends only on an image's tile count, so images are grouped by tile count for the second pass.
+RoPE, so we split attention instead, unmasked both times (the fast kernels): real queries over every key,
+pad queries over the real keys only (their keys gathered). Which tokens are pads depends only on an image's
+tile count, so images are grouped by tile count. A one-tile image is three quarters padding: computing only
+its real queries in the first pass and gathering the real keys for the second cuts its attention ~4x
+(measured on an H200: BENCHMARKS.md); with few pads (all tiles real) every query takes the first pass and
+the pad rows are overwritten, which saves the gather.
 """
 
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -42,13 +46,26 @@ class VisionAttention(nn.Module):
     def forward(self, x: torch.Tensor, pads: PadLayout) -> torch.Tensor:
         b, s, d = x.shape
         q, k, v = (p(x).view(b, s, self.heads, -1).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj))
-        out = attention(q, k, v)  # [b, heads, s, head_dim], exact for real queries
-        for images, pad_idx, key_is_real in pads.groups:
-            every = images.shape[0] == b  # usual case: one tile count for the whole batch, no K/V copy
-            kg, vg = (k, v) if every else (k[images], v[images])
-            qp = q[:, :, pad_idx] if every else q[images][:, :, pad_idx]
-            out[images[:, None], :, pad_idx[None, :]] = attention(qp, kg, vg, key_is_real).transpose(1, 2)
+        if len(pads.groups) == 1:  # usual case: one tile count for the whole batch, no per-image copies
+            out = attend(q, k, v, pads.groups[0])
+        else:
+            out = torch.empty_like(q)
+            for g in pads.groups:
+                out[g.images] = attend(q[g.images], k[g.images], v[g.images], g)
         return self.o_proj(out.transpose(1, 2).reshape(b, s, d))
+
+
+def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: PadGroup) -> torch.Tensor:
+    """The reference's masked attention for images of one tile count: q/k/v [n, heads, tokens, head_dim]."""
+    if g.pad_idx is None:
+        return attention(q, k, v)
+    if g.mostly_pads:
+        out = torch.empty_like(q)
+        out[:, :, g.real_idx] = attention(q[:, :, g.real_idx], k, v)  # real queries see every key
+    else:
+        out = attention(q, k, v)  # exact for the real queries; the pad rows are overwritten below
+    out[:, :, g.pad_idx] = attention(q[:, :, g.pad_idx], k[:, :, g.real_idx], v[:, :, g.real_idx])
+    return out
 
 
 class VisionMLP(nn.Module):
@@ -127,21 +144,28 @@ class GatedPositionalEmbedding(nn.Module):
         return x + gate * tile
 
 
+class PadGroup(NamedTuple):
+    images: torch.Tensor  # indices into the batch of the images with this tile count
+    real_idx: torch.Tensor  # token indices of real tokens (real tiles, not the multiple-of-8 padding)
+    pad_idx: torch.Tensor | None  # the others (None: no pads)
+    mostly_pads: bool  # compute only the real queries in the first pass (else all, pad rows overwritten)
+
+
 class PadLayout:
-    """Pads of a batch of images, grouped by tile count: (images, pad query indices, real-key mask)."""
+    """Images of a batch grouped by tile count, with where their real and pad tokens are."""
 
     def __init__(self, aspect_ratio_mask: torch.Tensor, real_tokens: int, padded_tokens: int):
         tiles = aspect_ratio_mask.shape[1]
         device = aspect_ratio_mask.device
         counts = aspect_ratio_mask.sum(-1).tolist()
         token = torch.arange(tiles * padded_tokens, device=device)
-        self.groups = []
+        self.groups: list[PadGroup] = []
         for n_tiles in sorted(set(counts)):
             is_pad = (token // padded_tokens >= n_tiles) | (token % padded_tokens >= real_tokens)
-            if not bool(is_pad.any()):
-                continue
+            pads = int(is_pad.sum())
             images = torch.tensor([i for i, c in enumerate(counts) if c == n_tiles], device=device)
-            self.groups.append((images, is_pad.nonzero()[:, 0], ~is_pad[None, None, None, :]))
+            self.groups.append(PadGroup(images, (~is_pad).nonzero()[:, 0], is_pad.nonzero()[:, 0] if pads else None,
+                                        4 * pads >= token.numel()))
 
 
 class MllamaVisionModel(nn.Module):

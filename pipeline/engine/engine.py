@@ -45,6 +45,7 @@ class Engine:
         self.ready: list[Completion] = []
         self.stats = {"prefill_tokens": 0, "generated_tokens": 0, "decode_steps": 0}
         self.timer = StepTimer()
+        self.gathering_since: float | None = None  # see _gathering
 
     # --- public API -----------------------------------------------------------------------------
     def add(self, request: Request) -> None:
@@ -100,8 +101,27 @@ class Engine:
         ids = r.sampling.stop_token_ids
         return frozenset(self.default_stop_ids if ids is None else ids)
 
+    def _gathering(self, limit: int | None) -> bool:
+        """Under a decode-stall budget with all but a few slots taken, wait (at most the budget) until `limit`
+        slots are free: one admission of `limit` requests stalls the running sequences once, where `limit`
+        one-request admissions would each pay the prefill step's fixed cost (an online endpoint at its
+        concurrency limit frees about one slot per step)."""
+        free, budget = len(self.scheduler.free), self.config.max_decode_stall_ms
+        if limit is None or budget is None or not self.scheduler.waiting or free == 0 or free >= limit:
+            self.gathering_since = None
+            return False
+        now = self.timer.clock()
+        if self.gathering_since is None:
+            self.gathering_since = now
+        if now - self.gathering_since < budget / 1e3:
+            return True
+        self.gathering_since = None
+        return False
+
     def _admit(self) -> None:
         limit = self.timer.admission_limit(self.config.max_decode_stall_ms, bool(self.scheduler.running))
+        if self._gathering(limit):
+            return
         batch = self.scheduler.next_admission(limit)
         if not batch:
             return

@@ -4,8 +4,12 @@ admitted request costs to prefill.
 - `gap(now)`: the time since the previous decode step while sequences were running; a prefill between two
   decode steps shows up here as one long gap (the stall users of the online endpoint feel). Kept for the
   last `window` decode steps; `gaps_ms()` gives (p50, p99, max) in ms.
-- `prefill_cost_s`: an exponential average of prefill seconds per admitted request (vision included), which
-  the engine uses to size admissions under `EngineConfig.max_decode_stall_ms`.
+- `prefill_cost(n)`: the seconds one admission of n requests takes (vision included), as `fixed + per * n`:
+  a least-squares line through an exponential average of the measured seconds for each admission size seen
+  (through the origin while only one size has been seen). The engine sizes admissions with it under
+  `EngineConfig.max_decode_stall_ms`. A prefill step has a fixed part (launches, the layers' weights read
+  once, the decode step that follows): charging it all to one request, as a per-request average of
+  one-request prefills does, keeps the limit at 1 even when several requests would fit the budget.
 
 Times are host wall-clock: each step ends in a host sync (sampled tokens go to `.tolist()`), so they cover
 the GPU work of the step.
@@ -22,7 +26,7 @@ class StepTimer:
         self.clock, self.smoothing = clock, smoothing
         self.gaps: deque[float] = deque(maxlen=window)
         self.last_decode: float | None = None
-        self.prefill_cost_s: float | None = None
+        self.prefill_s: dict[int, float] = {}  # admission size -> average seconds
 
     def decode_started(self, running_before: bool) -> None:
         now = self.clock()
@@ -35,15 +39,36 @@ class StepTimer:
         self.last_decode = None
 
     def prefill_done(self, requests: int, seconds: float) -> None:
-        per = seconds / max(requests, 1)
-        a = self.smoothing
-        self.prefill_cost_s = per if self.prefill_cost_s is None else (1 - a) * self.prefill_cost_s + a * per
+        n, a = max(requests, 1), self.smoothing
+        old = self.prefill_s.get(n)
+        self.prefill_s[n] = seconds if old is None else (1 - a) * old + a * seconds
+
+    def prefill_cost(self) -> tuple[float, float] | None:
+        """(fixed, per-request) seconds of one admission, or None before the first."""
+        if not self.prefill_s:
+            return None
+        xs, ys = list(self.prefill_s), list(self.prefill_s.values())
+        mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+        sxx = sum((x - mx) ** 2 for x in xs)
+        per = my / mx if sxx == 0 else sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx
+        if per <= 0:  # noise on a flat cost: every size costs about the same, i.e. all fixed
+            return my, 1e-6
+        return max(0.0, my - per * mx), per
 
     def admission_limit(self, budget_ms: float | None, running: bool) -> int | None:
         """How many requests one admission may take so that it stalls running sequences <= budget_ms."""
-        if budget_ms is None or not running or self.prefill_cost_s is None:
+        cost = self.prefill_cost()
+        if budget_ms is None or not running or cost is None:
             return None
-        return max(1, int(budget_ms / 1e3 / self.prefill_cost_s))
+        budget = budget_ms / 1e3
+        if len(self.prefill_s) == 1:
+            (n, seconds), = self.prefill_s.items()
+            if n > 1 and seconds > budget:
+                # Smaller admissions may cost anything up to `seconds` (a fixed part we cannot see yet): admit
+                # one, which also gives the line its second point.
+                return 1
+        fixed, per = cost
+        return max(1, int((budget - fixed) / per + 1e-9))
 
     def gaps_ms(self) -> tuple[float, float, float] | None:
         if not self.gaps:
