@@ -10,6 +10,8 @@ Contract:
 - `labels` is -100 everywhere except the answer tokens and their `<|im_end|>` (loss on assistant tokens only).
 - Media are what `OneVisionCodec` hands the engine: anyres uint8 crops + the original size for an image,
   resized uint8 frames for a clip.
+- `collate` also returns all of a batch's crops as one uint8 tensor (the media hold views of it), so a
+  DataLoader's `pin_memory` pins them and they reach the GPU in one copy.
 """
 
 from __future__ import annotations
@@ -35,6 +37,8 @@ from pipeline.job_config import JobConfig
 
 CAPTION_PROMPT = JobConfig.__dataclass_fields__["prompt"].default  # "Describe this image in detail."
 IM_END = "<|im_end|>"
+# the question templates the shipped model answers worst (held-out 16% and 59%); `hard_weight` favours them
+HARD_QUESTIONS = ("Where is", "How many")
 
 
 def qa_prompt(question: str) -> str:
@@ -52,7 +56,10 @@ class Example:
 class ExampleMaker:
     """Builds `Example`s from the checkpoint's tokenizer, template and processors (one per DataLoader worker)."""
 
-    def __init__(self, model_dir: str | Path, easy_vqa_dir: str | Path | None = None):
+    def __init__(self, model_dir: str | Path, easy_vqa_dir: str | Path | None = None, hard_weight: float = 1.0):
+        if not hard_weight > 0:
+            raise ValueError(f"hard_weight must be > 0, got {hard_weight}")
+        self.hard_weight = hard_weight
         self.tok = Tokenizer.from_dir(model_dir)
         self.template = ChatTemplate.from_dir(model_dir)
         self.cfg = OneVisionConfig.from_dir(model_dir)
@@ -94,9 +101,19 @@ class ExampleMaker:
     def scene(self, rng: np.random.Generator, turns: int) -> Example:
         scene = world.sample_scene(rng)
         media, n = self.image_media(world.render(scene))
-        qas = [(qa_prompt(q), a) for q, a in world.questions(scene, rng)]
+        qs = world.questions(scene, rng)
+        if self.hard_weight != 1.0:  # 1.0 draws nothing more, so existing seeds give the same examples
+            qs = self.weighted_order(qs, rng)
+        qas = [(qa_prompt(q), a) for q, a in qs]
         chosen = qas[:turns - 1] + [(CAPTION_PROMPT, world.caption(scene))]
         return self.build([chosen[i] for i in rng.permutation(len(chosen))], media, n, [], "scene")
+
+    def weighted_order(self, qs: list[tuple[str, str]], rng: np.random.Generator) -> list[tuple[str, str]]:
+        """`qs` reordered so that any prefix is a weighted sample without replacement, `HARD_QUESTIONS` having
+        weight `hard_weight` and the rest 1 (Efraimidis-Spirakis: sort by u ** (1 / w), largest first)."""
+        w = np.array([self.hard_weight if q.startswith(HARD_QUESTIONS) else 1.0 for q, _ in qs])
+        keys = rng.random(len(qs)) ** (1.0 / w)
+        return [qs[i] for i in np.argsort(-keys, kind="stable")]
 
     def clip(self, rng: np.random.Generator) -> Example:
         clip = world.sample_clip(rng)
@@ -124,12 +141,25 @@ class ExampleMaker:
 
 
 def collate(examples: list[Example], pad_id: int) -> dict:
-    """Right-padded ids/labels [B, S] and the media list (padding is never attended by real tokens: causal)."""
+    """Right-padded ids/labels [B, S] and the media list (padding is never attended by real tokens: causal).
+
+    `pixels`: every crop of the batch in one uint8 tensor [N, 3, S, S], in the order `media_features`
+    consumes them (per example its images, then its videos); `pixel_splits`: the crops of each of those media
+    tensors (one per example in training). The returned media hold views of `pixels`: a DataLoader worker
+    ships one shared storage, and `pin_memory` (which cannot see inside `OneVisionMedia`) pins `pixels`,
+    so the trainer makes one host-to-device copy per batch instead of a pageable one per image.
+    """
+    crops = [x for e in examples for x in (*e.media.images, *e.media.videos)]
+    splits = [x.shape[0] for x in crops]
+    pixels = torch.cat(crops) if crops else torch.empty(0, dtype=torch.uint8)
+    views = iter(pixels.split(splits))
+    media = [OneVisionMedia(images=[next(views) for _ in e.media.images], image_sizes=list(e.media.image_sizes),
+                            videos=[next(views) for _ in e.media.videos]) for e in examples]
     length = max(len(e.ids) for e in examples)
     ids = torch.full((len(examples), length), pad_id, dtype=torch.long)
     labels = torch.full((len(examples), length), -100, dtype=torch.long)
     for b, e in enumerate(examples):
         ids[b, : len(e.ids)] = torch.tensor(e.ids)
         labels[b, : len(e.labels)] = torch.tensor(e.labels)
-    return {"ids": ids, "labels": labels, "media": [e.media for e in examples],
+    return {"ids": ids, "labels": labels, "media": media, "pixels": pixels, "pixel_splits": splits,
             "kinds": [e.kind for e in examples]}

@@ -9,8 +9,10 @@ safetensors file stays under 25 MB (the 152k-row tied embedding is most of it). 
 `models/onevision` modules with autograd on examples from demo/examples.py (procedural scenes and clips from
 demo/world.py, plus the easy-VQA training split when its data directory is given), loss on assistant
 tokens only, AdamW with a warm-up and a cosine schedule over the time budget, bf16 autocast on CUDA.
-Prints a progress line every `--log-every` steps and a held-out exact-match table at the end (scenes from
-seeds never trained on, greedy), then writes the checkpoint.
+Prints a progress line every `--log-every` steps (loss, lr, where the step time goes: data wait, then
+h2d/fwd/bwd/opt from CUDA events, and examples/s) and a held-out exact-match table at the end (scenes from
+seeds never trained on, greedy), then writes the checkpoint. `--hard-weight` favours the weak question
+templates; `--resume demo/model` continues the shipped weights' schedule (from its training.json).
 
 The shipped weights (2026-11-30, one H200, 14 data workers, batch 48, lr 3e-3, a 900 s schedule run as two
 450 s calls, the second with --resume): 7,189 steps, loss 0.21; through jobs/caption.py on held-out scenes
@@ -43,6 +45,7 @@ from demo.heldout import HELD_OUT_SEED  # noqa: E402
 from models.generate import greedy_generate  # noqa: E402
 from models.onevision.config import OneVisionConfig  # noqa: E402
 from models.onevision.model import LlavaOnevisionForConditionalGeneration  # noqa: E402
+from models.onevision.pack import pack_image, pack_video  # noqa: E402
 from models.random_weights import random_init  # noqa: E402
 from ops.attention import attention  # noqa: E402
 
@@ -51,6 +54,7 @@ SOURCE = "llava-onevision-qwen2-0.5b-ov-hf"
 COPIED = ("added_tokens.json", "chat_template.json", "generation_config.json", "preprocessor_config.json",
           "processor_config.json", "special_tokens_map.json", "tokenizer.json", "tokenizer_config.json")
 PART_BYTES = 15 * 2**20
+PHASES = ("h2d", "fwd", "bwd", "opt")  # a step after its batch arrives, each phase ending at one clock edge
 
 
 def demo_config(real: dict) -> dict:
@@ -80,8 +84,8 @@ def write_metadata(src: Path, out: Path, shrink=demo_config) -> None:
 
 
 class Stream(torch.utils.data.IterableDataset):
-    def __init__(self, model_dir: Path, easy_vqa_dir: Path | None, batch: int, seed: int):
-        self.args = (model_dir, easy_vqa_dir)
+    def __init__(self, model_dir: Path, easy_vqa_dir: Path | None, batch: int, seed: int, hard_weight: float = 1.0):
+        self.args = (model_dir, easy_vqa_dir, hard_weight)
         self.batch, self.seed = batch, seed
 
     def __iter__(self):
@@ -97,9 +101,38 @@ def causal(layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) ->
     return attention(q, k, v, causal=True)
 
 
+def batch_features(model, batch: dict, mean, std) -> list[torch.Tensor]:
+    """`model.media_features(batch["media"])` from collate's one concatenated uint8 `pixels` tensor: one
+    (pinned) copy, one normalisation and one SigLIP call for the batch, then the same per-example packing,
+    so the features are identical (media_features also concatenates before SigLIP)."""
+    pixels = model._normalize(batch["pixels"], mean, std)  # moves it to the model's device first
+    crops, v, cfg = iter(model.encode_crops(pixels).split(batch["pixel_splits"])), model.cfg.vision, model.cfg
+    out = []
+    for m in batch["media"]:
+        multi = len(m.images) > 1
+        rows = [pack_image(next(crops), tuple(size), model.image_newline, pinpoints=cfg.image_grid_pinpoints,
+                           image_size=v.image_size, side=v.side, max_num_patches=cfg.max_num_patches,
+                           multi_image=multi) for size in m.image_sizes]
+        rows += [pack_video(next(crops), model.image_newline, image_size=v.image_size, patch_size=v.patch_size)
+                 for _ in m.videos]
+        if rows:
+            out.append(torch.cat(rows))
+    return out
+
+
+def to_device(batch: dict, device: torch.device) -> dict:
+    """The batch's tensors on `device` (asynchronous from the DataLoader's pinned memory)."""
+    return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
 def loss_of(model, batch: dict, device: torch.device, mean, std) -> torch.Tensor:
+    """Mean cross-entropy over the answer tokens of a collated batch; without its `pixels` (a hand-made
+    batch) the media go through `model.media_features` one tensor at a time."""
     ids, labels = batch["ids"].to(device, non_blocking=True), batch["labels"].to(device, non_blocking=True)
-    feats = model.media_features(batch["media"], pixel_mean=mean, pixel_std=std)
+    if "pixels" in batch:
+        feats = batch_features(model, batch, mean, std)
+    else:
+        feats = model.media_features(batch["media"], pixel_mean=mean, pixel_std=std)
     # every training row has one kind of media, so row-major placeholder order is feature order: one
     # scatter instead of `model.embed`'s per-row lookups (each a host sync)
     x = model.language_model.model.embed_tokens(ids)
@@ -165,7 +198,61 @@ def load_weights(model, src: Path) -> dict:
     if unexpected or set(missing) - set(model.tied_weights):
         raise SystemExit(f"{src}: weights do not match the model: missing {missing}, unexpected {unexpected}")
     progress = src / "progress.json"
-    return json.loads(progress.read_text()) if progress.exists() else {}
+    if progress.exists():
+        return json.loads(progress.read_text())
+    # a finished checkpoint (demo/model as shipped) has only its training.json: continue its schedule
+    record = src / "training.json"
+    if record.exists():
+        done = json.loads(record.read_text())
+        return {"steps": int(done["steps"]), "elapsed_s": float(done["train_seconds"])}
+    return {}
+
+
+class StepClock:
+    """Where a training step's time goes, averaged over a log window, with no extra host syncs.
+
+    `data`: host time blocked on the DataLoader. Then a clock edge before the copy and after each of
+    `PHASES`. The host's edges only say when work was *enqueued*; on CUDA each edge also records an event,
+    read once the step's `loss.item()` has synchronised anyway, so the phase times are the GPU timeline's
+    (the GPU is idle at the first edge, the previous step having synced): a phase whose host issue time is
+    about its GPU time is bound by Python/launch overhead, not by kernels. On CPU both are the same.
+    """
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+        self.events = [torch.cuda.Event(enable_timing=True) for _ in range(len(PHASES) + 1)] if self.cuda else []
+        self.host = [0.0] * (len(PHASES) + 1)
+        self.reset()
+
+    def reset(self) -> None:
+        self.steps, self.data, self.total = 0, 0.0, 0.0
+        self.gpu, self.issue = [0.0] * len(PHASES), [0.0] * len(PHASES)
+
+    def edge(self, i: int) -> None:
+        self.host[i] = time.perf_counter()
+        if self.cuda:
+            self.events[i].record()
+
+    def end_step(self, data_s: float) -> None:
+        """After the step's host sync: add this step (its data wait `data_s`) to the window."""
+        self.steps += 1
+        self.data += data_s
+        self.total += data_s + time.perf_counter() - self.host[0]
+        for k in range(len(PHASES)):
+            issue = self.host[k + 1] - self.host[k]
+            self.issue[k] += issue
+            self.gpu[k] += self.events[k].elapsed_time(self.events[k + 1]) / 1e3 if self.cuda else issue
+
+    def summary(self, batch: int) -> str:
+        """e.g. `124 ms/step (data 60, h2d 2, fwd 30, bwd 25, opt 5; host issue fwd 28, bwd 20, opt 3), 387 ex/s`."""
+        if not self.steps:
+            return "first step not timed (warm-up)"
+        n = self.steps
+        ms = [f"{p} {t / n * 1e3:.0f}" for p, t in zip(("data", *PHASES), (self.data, *self.gpu), strict=True)]
+        issued = ", ".join(f"{p} {t / n * 1e3:.0f}" for p, t in zip(PHASES[1:], self.issue[1:], strict=True))
+        issue = f"; host issue {issued}" if self.cuda else ""
+        return (f"{self.total / n * 1e3:.0f} ms/step ({', '.join(ms)}{issue}), "
+                f"{batch * self.steps / self.total:.0f} ex/s")
 
 
 def from_parts(parts: Path, out: Path, shared: Path) -> None:
@@ -196,6 +283,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--log-every", type=int, default=25)
     ap.add_argument("--eval-scenes", type=int, default=60)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--hard-weight", type=float, default=1.0, help="relative weight of the weak question "
+                    "templates (demo.examples.HARD_QUESTIONS) when a scene's questions are picked; 1: uniform")
     ap.add_argument("--save-every-s", type=float, default=120.0)
     ap.add_argument("--export-dir", type=Path, help="also write the weights here as <= 15 MiB parts (device $OUT)")
     ap.add_argument("--from-parts", type=Path, help="no training: join exported parts into --out")
@@ -223,7 +312,8 @@ def main(argv: list[str] | None = None) -> None:
     rest = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embed" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": rest, "weight_decay": 0.0}],
                             lr=args.lr, betas=(0.9, 0.98), fused=device.type == "cuda")
-    stream = Stream(args.out, args.easy_vqa_dir, args.batch, args.seed + step0)  # resumed runs see new data
+    stream = Stream(args.out, args.easy_vqa_dir, args.batch, args.seed + step0,  # resumed runs see new data
+                    args.hard_weight)
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=args.workers,
                                          pin_memory=device.type == "cuda",
                                          prefetch_factor=4 if args.workers else None, persistent_workers=False)
@@ -234,7 +324,9 @@ def main(argv: list[str] | None = None) -> None:
     t0, step, smooth = time.perf_counter(), step0, None
     last_save = t0
     profiler = None
+    clock, waited = StepClock(device), time.perf_counter()
     for batch in loader:
+        data_s = time.perf_counter() - waited
         if args.profile_steps and step == step0 + 10:
             profiler = torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU] + (
                 [torch.profiler.ProfilerActivity.CUDA] if device.type == "cuda" else []))
@@ -260,22 +352,33 @@ def main(argv: list[str] | None = None) -> None:
         # not cuDNN attention: under the profiler it spent ~4 ms of CPU per call building a plan for each new
         # sequence length; flash has no per-shape setup (the step rate stayed ~8 steps/s either way, so the
         # step is bound elsewhere, not yet found)
+        clock.edge(0)
+        batch = to_device(batch, device)
+        clock.edge(1)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"), \
                 sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]):
             loss = loss_of(model, batch, device, mean, std)
+        clock.edge(2)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        clock.edge(3)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
+        clock.edge(4)
         step += 1
-        value = loss.item()
+        value = loss.item()  # the step's one host sync: after it every event above has completed
+        if step > step0 + 1:  # the first step pays CUDA/cuBLAS initialisation: not typical
+            clock.end_step(data_s)
         smooth = value if smooth is None else 0.95 * smooth + 0.05 * value
         if step % args.log_every == 0:
-            print(f"[train] step {step} loss {smooth:.4f} lr {lr:.2e} {time.perf_counter() - t0:.0f} s", flush=True)
+            print(f"[train] step {step} loss {smooth:.4f} lr {lr:.2e} {time.perf_counter() - t0:.0f} s, "
+                  f"{clock.summary(args.batch)}", flush=True)
+            clock.reset()
         if time.perf_counter() - last_save >= args.save_every_s:
             save(model, args.out, args.export_dir,
                  {"steps": step, "loss": smooth, "elapsed_s": offset + time.perf_counter() - t0})
             last_save = time.perf_counter()
+        waited = time.perf_counter()  # saves and logging stay out of the data wait
     train_s = offset + time.perf_counter() - t0
     save(model, args.out, args.export_dir, {"steps": step, "loss": smooth, "elapsed_s": train_s})
     print(f"[train] {step} steps in {train_s:.0f} s; saved the weights", flush=True)
@@ -284,7 +387,8 @@ def main(argv: list[str] | None = None) -> None:
     print("[train] held-out exact match: "
           + ", ".join(f"{k} {v:.0%}" for k, v in acc.items()), flush=True)
     record = {"steps": step, "train_seconds": round(train_s), "schedule_seconds": round(schedule_s),
-              "batch": args.batch, "lr": args.lr, "seed": args.seed,
+              "batch": args.batch, "lr": args.lr, "seed": args.seed, "hard_weight": args.hard_weight,
+              "resumed_from": str(args.resume) if args.resume else None, "resumed_at_step": step0,
               "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
               "easy_vqa": args.easy_vqa_dir is not None, "held_out_exact_match": acc}
     for d in filter(None, (args.out, args.export_dir)):

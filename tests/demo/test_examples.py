@@ -1,17 +1,27 @@
 """demo/examples.py: a training example's first turn is exactly the prompt the caption job sends, and the
-loss sees only the answers."""
+loss sees only the answers; hard question templates can be favoured; collate's one pixel tensor feeds the
+trainer exactly as the per-example media would."""
 
+import importlib.util
 import io
+import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from demo import world
-from demo.examples import CAPTION_PROMPT, ExampleMaker, collate, qa_prompt
+from demo.examples import CAPTION_PROMPT, HARD_QUESTIONS, ExampleMaker, collate, qa_prompt
+from models.onevision.config import OneVisionConfig
+from models.onevision.model import LlavaOnevisionForConditionalGeneration
+from models.random_weights import random_init
 from pipeline.job_config import JobConfig
 from pipeline.onevision_codec import OneVisionCodec
+
+SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "train_demo_model.py"
+PATCH = "vision_tower.vision_model.embeddings.patch_embedding.weight"
 
 
 @pytest.fixture(scope="module")
@@ -49,3 +59,97 @@ def test_labels_cover_only_the_answers(model_dir):
     assert batch["ids"].shape == batch["labels"].shape == (2, max(len(ex.ids), len(clip.ids)))
     assert int((batch["labels"] != -100).sum()) == len(answered) + sum(lab != -100 for lab in clip.labels)
     assert batch["media"][1].videos[0].dtype == torch.uint8
+
+
+def test_hard_weight_one_keeps_the_examples_and_three_favours_the_weak_questions(model_dir):
+    maker = ExampleMaker(model_dir, hard_weight=1.0)
+    for seed in range(3):  # the pre-weighting recipe, spelled out: the first turns-1 shuffled questions
+        rng = np.random.default_rng(seed)
+        scene = world.sample_scene(rng)
+        media, n = maker.image_media(world.render(scene))
+        qas = [(qa_prompt(q), a) for q, a in world.questions(scene, rng)][:5] + [(CAPTION_PROMPT, world.caption(scene))]
+        want = maker.build([qas[i] for i in rng.permutation(len(qas))], media, n, [], "scene")
+        assert maker.scene(np.random.default_rng(seed), turns=6).ids == want.ids
+
+    heavy = ExampleMaker(model_dir, hard_weight=3.0)
+    rng = np.random.default_rng(0)
+    picked = {1.0: 0, 3.0: 0}
+    for _ in range(300):
+        qs = world.questions(world.sample_scene(rng), rng)
+        order = heavy.weighted_order(qs, rng)
+        assert sorted(order) == sorted(qs)  # a reordering: nothing lost or repeated
+        picked[1.0] += sum(q.startswith(HARD_QUESTIONS) for q, _ in qs[:5])
+        picked[3.0] += sum(q.startswith(HARD_QUESTIONS) for q, _ in order[:5])
+    assert picked[3.0] > 1.3 * picked[1.0], picked
+    with pytest.raises(ValueError):
+        ExampleMaker(model_dir, hard_weight=0.0)
+
+
+def test_collate_concatenates_the_crops_in_feature_order(model_dir):
+    maker = ExampleMaker(model_dir)
+    exs = [maker.scene(np.random.default_rng(0), turns=3), maker.clip(np.random.default_rng(1)),
+           maker.scene(np.random.default_rng(2), turns=3)]
+    batch = collate(exs, pad_id=0)
+    crops = [x for e in exs for x in (*e.media.images, *e.media.videos)]
+    assert batch["pixels"].dtype == torch.uint8
+    assert torch.equal(batch["pixels"], torch.cat(crops))
+    assert batch["pixel_splits"] == [x.shape[0] for x in crops]
+    storage = batch["pixels"].untyped_storage().data_ptr()
+    for m, e in zip(batch["media"], exs, strict=True):  # views of `pixels`, same values and sizes
+        assert m.image_sizes == e.media.image_sizes
+        for got, want in zip((*m.images, *m.videos), (*e.media.images, *e.media.videos), strict=True):
+            assert torch.equal(got, want) and got.untyped_storage().data_ptr() == storage
+
+
+@pytest.fixture(scope="module")
+def script():
+    spec = importlib.util.spec_from_file_location("train_demo_model", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="module")
+def tiny_dir(model_dir, tmp_path_factory):
+    """demo/model's metadata with a one-layer, 32-wide model (CPU-fast; same crops, tokens and processors)."""
+    d = tmp_path_factory.mktemp("tiny_meta")
+    shutil.copytree(model_dir, d, dirs_exist_ok=True)
+    cfg = json.loads((model_dir / "config.json").read_text())
+    cfg["text_config"].update(hidden_size=32, intermediate_size=64, num_hidden_layers=1, max_window_layers=1,
+                              num_attention_heads=2, num_key_value_heads=1)
+    cfg["vision_config"].update(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2)
+    (d / "config.json").write_text(json.dumps(cfg))
+    return d
+
+
+def test_the_trainers_one_copy_path_gives_the_same_loss(script, tiny_dir):
+    """scripts/train_demo_model.py: a batch's features from collate's one `pixels` tensor (one normalisation,
+    one SigLIP call) give exactly the loss and gradients of `model.media_features` on the per-example media."""
+    torch.manual_seed(0)
+    model = LlavaOnevisionForConditionalGeneration(OneVisionConfig.from_dir(tiny_dir))
+    model.language_model.reset_buffers()
+    random_init(model, 0, fuse=False)
+    maker = ExampleMaker(tiny_dir)
+    batch = collate([maker.scene(np.random.default_rng(0), turns=3), maker.clip(np.random.default_rng(1))], pad_id=0)
+    pre = json.loads((tiny_dir / "preprocessor_config.json").read_text())
+    mean, std = tuple(pre["image_mean"]), tuple(pre["image_std"])
+    per_media = {k: v for k, v in batch.items() if k not in ("pixels", "pixel_splits")}
+    results = []
+    for b in (batch, per_media):
+        model.zero_grad()
+        loss = script.loss_of(model, b, torch.device("cpu"), mean, std)
+        loss.backward()
+        results.append((loss.detach(), model.get_parameter(PATCH).grad.clone()))
+    assert torch.equal(results[0][0], results[1][0])
+    assert torch.equal(results[0][1], results[1][1])
+
+
+def test_resume_from_a_finished_checkpoint_continues_its_schedule(script, tiny_dir, tmp_path):
+    """demo/model has no progress.json: `--resume` takes the steps and seconds of its training.json."""
+    model = LlavaOnevisionForConditionalGeneration(OneVisionConfig.from_dir(tiny_dir))
+    model.language_model.reset_buffers()
+    script.save(model, tmp_path, None, {})
+    (tmp_path / "training.json").write_text(json.dumps({"steps": 7189, "train_seconds": 901, "batch": 48}))
+    assert script.load_weights(model, tmp_path) == {"steps": 7189, "elapsed_s": 901.0}
+    (tmp_path / "progress.json").write_text(json.dumps({"steps": 9000, "elapsed_s": 1351.5}))
+    assert script.load_weights(model, tmp_path) == {"steps": 9000, "elapsed_s": 1351.5}  # parts win
