@@ -54,6 +54,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cuda-graphs", action="store_true", help="eager decode (debugging)")
     p.add_argument("--max-decode-stall-ms", type=float, default=150.0, help="while streams decode, admit only as "
                    "many new requests per step as fit this prefill time (0: full batches, best throughput)")
+    p.add_argument("--engine-report-s", type=float, default=600.0, help="seconds between the replica's [engine] "
+                   "lines (steps, admissions, token gaps)")
     p.add_argument("--random-weights", action="store_true", help="benchmarks: random weights at the real shapes")
     p.add_argument("--no-ray", action="store_true", help="serve from this process with uvicorn, without Ray")
     p.add_argument("--verbose", action="store_true", help="Ray's and Serve's own logs")
@@ -68,7 +70,7 @@ def config_from_args(a: argparse.Namespace) -> ServeConfig:
                        default_max_tokens=a.max_tokens, max_n=a.max_n, num_frames=a.num_frames, tp=a.tp,
                        dtype=a.dtype, cuda_graphs=not a.no_cuda_graphs, random_weights=a.random_weights,
                        max_body_bytes=int(a.max_body_mb * 2**20), media=media,
-                       max_decode_stall_ms=a.max_decode_stall_ms or None)
+                       max_decode_stall_ms=a.max_decode_stall_ms or None, engine_report_s=a.engine_report_s)
 
 
 def _argv_from_dict(args: dict) -> list[str]:

@@ -46,7 +46,7 @@ class EngineThread:
         self.inbox: queue.Queue[tuple[Request, Future]] = queue.Queue()
         self.futures: dict[str, Future] = {}
         self.report_s = report_s
-        self.window = _Window(0)
+        self.window = _Window({})
         self.thread = threading.Thread(target=self._loop, name="engine", daemon=True)
         self.stopped = threading.Event()
         self.thread.start()
@@ -97,32 +97,40 @@ class EngineThread:
 
     def _report(self) -> None:
         """The `[engine]` line; a statistic, so a failure here is logged, never fatal to the replica."""
-        tokens = self.engine.stats["generated_tokens"]
+        stats = dict(self.engine.stats)
         try:
             gaps = self.engine.timer.gaps_ms()
             self.window.gaps = "" if gaps is None else (
                 f", token gap p50 {gaps[0]:.0f} / p99 {gaps[1]:.0f} / max {gaps[2]:.0f} ms")
-            print(self.window.line(tokens), file=sys.stderr, flush=True)  # forwarded to the driver
+            print(self.window.line(stats), file=sys.stderr, flush=True)  # forwarded to the driver
         except Exception:  # noqa: BLE001
             log.exception("engine report failed (the engine goes on)")
-        self.window = _Window(tokens)
+        self.window = _Window(stats)
 
 
 class _Window:
     """Engine-thread time accounting over one reporting window."""
 
-    def __init__(self, tokens: int):
-        self.start, self.tokens = time.perf_counter(), tokens
+    def __init__(self, stats: dict):
+        self.start, self.base = time.perf_counter(), stats
         self.busy = self.idle = self.unpack = 0.0
         self.steps = self.running = self.waiting = 0
         self.gaps = ""
 
-    def line(self, tokens: int) -> str:
+    def line(self, stats: dict) -> str:
         span = max(time.perf_counter() - self.start, 1e-9)
         steps = max(self.steps, 1)
+
+        def delta(key: str) -> float:
+            return stats.get(key, 0) - self.base.get(key, 0)
+
+        admissions = delta("admissions")
+        admitted = "" if not admissions else (
+            f", {admissions} admissions of {delta('admitted') / admissions:.1f} requests "
+            f"({1e3 * delta('prefill_s') / admissions:.0f} ms each)")
         return (f"[engine] last {span:.0f}s: busy {self.busy / span:.0%}, idle {self.idle / span:.0%}, "
                 f"{self.steps} steps of {1e3 * self.busy / steps:.1f} ms, running {self.running / steps:.1f}, "
-                f"waiting {self.waiting / steps:.1f}, {(tokens - self.tokens) / span:.0f} tokens/s, "
+                f"waiting {self.waiting / steps:.1f}, {delta('generated_tokens') / span:.0f} tokens/s{admitted}, "
                 f"unpacking media on other threads {self.unpack / span:.0%}{self.gaps}")
 
 

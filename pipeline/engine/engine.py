@@ -43,7 +43,8 @@ class Engine:
         self.decode = GraphedStep(runner.decode, default_buckets(runner.num_slots), config.cuda_graphs and on_gpu)
         self.decode.capture()
         self.ready: list[Completion] = []
-        self.stats = {"prefill_tokens": 0, "generated_tokens": 0, "decode_steps": 0}
+        self.stats = {"prefill_tokens": 0, "generated_tokens": 0, "decode_steps": 0, "admissions": 0, "admitted": 0,
+                      "prefill_s": 0.0}
         self.timer = StepTimer()
         self.gathering_since: float | None = None  # see _gathering
 
@@ -102,12 +103,16 @@ class Engine:
         return frozenset(self.default_stop_ids if ids is None else ids)
 
     def _gathering(self, limit: int | None) -> bool:
-        """Under a decode-stall budget with all but a few slots taken, wait (at most the budget) until `limit`
-        slots are free: one admission of `limit` requests stalls the running sequences once, where `limit`
-        one-request admissions would each pay the prefill step's fixed cost (an online endpoint at its
-        concurrency limit frees about one slot per step)."""
-        free, budget = len(self.scheduler.free), self.config.max_decode_stall_ms
-        if limit is None or budget is None or not self.scheduler.waiting or free == 0 or free >= limit:
+        """Under a decode-stall budget with at least 3/4 of the slots taken, wait (at most the budget) until
+        `limit` requests can be admitted together: one admission of `limit` requests stalls the running
+        sequences once, where `limit` one-request admissions would each pay the prefill step's fixed cost (an
+        online endpoint near its concurrency limit frees about one slot per step, and its clients send the
+        next request a round trip later)."""
+        s, budget = self.scheduler, self.config.max_decode_stall_ms
+        free = len(s.free)
+        # Only while the engine is mostly full: with many free slots (light load) a request is admitted at once.
+        if (limit is None or budget is None or not s.waiting or free == 0 or min(free, len(s.waiting)) >= limit
+                or 4 * free > free + len(s.running)):
             self.gathering_since = None
             return False
         now = self.timer.clock()
@@ -128,7 +133,11 @@ class Engine:
         t0 = self.timer.clock()
         try:
             self._prefill(batch)
-            self.timer.prefill_done(len(batch), self.timer.clock() - t0)
+            seconds = self.timer.clock() - t0
+            self.timer.prefill_done(len(batch), seconds)
+            self.stats["admissions"] += 1
+            self.stats["admitted"] += len(batch)
+            self.stats["prefill_s"] += seconds
         except Exception as exc:  # noqa: BLE001 - isolate the request that broke admission
             if len(batch) == 1:
                 request, slot = batch[0]

@@ -90,14 +90,14 @@ def test_the_fixed_cost_of_a_prefill_step_is_charged_once_not_per_request():
 
 
 def test_a_full_engine_gathers_freed_slots_into_one_admission():
-    # 8 slots, sequences finishing about one per step: admitting each freed slot alone pays the 100 ms fixed
+    # 32 slots, sequences finishing about one per step: admitting each freed slot alone pays the 100 ms fixed
     # cost per request (what happens without a budget); gathering for at most the budget admits up to the 5
     # that fit 150 ms at once.
-    work = dict(n=80, new_tokens=10, slots=8, spread=9, prefill_s=0.01, fixed_s=0.1)
+    work = dict(n=200, new_tokens=24, slots=32, spread=17, prefill_s=0.01, fixed_s=0.1)
     alone, _ = run(None, **work)
     runner, (_, _, worst) = run(150.0, **work)
     later = runner.prefill_sizes[2:-2]  # past the first group and the probe; the tail runs out of requests
-    assert max(alone.prefill_sizes[1:]) <= 2
+    assert sum(alone.prefill_sizes[2:]) / len(alone.prefill_sizes[2:]) < 2
     assert min(later) >= 3 and sum(later) / len(later) >= 4
     assert runner.clock.t < 0.7 * alone.clock.t  # the same requests and tokens in under 70% of the time
     assert worst <= 150 + 20 + 1e-6
