@@ -52,6 +52,10 @@ class StreamingEngine:
     def tokenizer(self) -> Any:
         return self.engine.tokenizer
 
+    @property
+    def timer(self) -> Any:  # the [engine] report's token gaps
+        return self.engine.timer
+
     def add(self, request: Request) -> None:
         if getattr(request, "cancelled", False):  # cancelled while still in the thread's inbox
             self._ready.append(Completion.failed(request, "cancelled: the client went away"))
@@ -148,11 +152,25 @@ class AsyncEngine:
                 # Resolved after the step that published the last tokens: the queue keeps that order.
                 fut.add_done_callback(lambda f, i=i: loop.call_soon_threadsafe(queue.put_nowait, (i, "done", f)))
             while pending:
-                i, kind, value = await queue.get()
-                if kind == "done":
-                    pending.discard(i)
-                    value = value.result()
-                yield i, kind, value
+                events = [await queue.get()]
+                while not queue.empty():  # a consumer slower than the engine gets several steps' tokens at once
+                    events.append(queue.get_nowait())
+                for i, kind, value in _merged(events):
+                    if kind == "done":
+                        pending.discard(i)
+                        value = value.result()
+                    yield i, kind, value
         finally:
             for i in pending:
                 self.cancel(requests[i])
+
+
+def _merged(events: list[tuple[int, str, Any]]) -> list[tuple[int, str, Any]]:
+    """Consecutive "tokens" events of one choice as one (fewer SSE chunks when the client side lags)."""
+    out: list[tuple[int, str, Any]] = []
+    for i, kind, value in events:
+        if kind == "tokens" and out and out[-1][0] == i and out[-1][1] == "tokens":
+            out[-1] = (i, kind, out[-1][2] + value)
+        else:
+            out.append((i, kind, value))
+    return out
