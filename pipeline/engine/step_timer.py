@@ -72,11 +72,6 @@ class StepTimer:
                 return 1
         fixed, per = cost
         limit = max(1, int((budget - fixed) / per + 1e-9))
-        # A line through noisy one- and two-request costs can be far too flat: never again the smallest size
-        # that recently took longer than the budget.
-        over = [n for n, t in self.prefills if t > budget + 1e-9]
-        if over:
-            limit = max(1, min(limit, min(over) - 1))
         if sizes == {limit} and len(self.prefills) == self.prefills.maxlen:
             # All alike for a while: a second size for the line to go by. One fewer never overshoots; from
             # one, two may (by at most one request's cost, once per `recent` admissions).

@@ -115,12 +115,3 @@ def test_a_slow_first_admission_ages_out_of_the_cost_model():
 def test_budget_must_be_positive():
     with pytest.raises(ValueError, match="max_decode_stall_ms"):
         EngineConfig(max_decode_stall_ms=0)
-
-
-def test_a_size_that_took_longer_than_the_budget_is_not_admitted_again():
-    timer = StepTimer()
-    timer.prefill_done(1, 0.090)  # noisy small admissions: the line through them is far too flat
-    timer.prefill_done(2, 0.100)
-    assert timer.admission_limit(150.0, running=True) == 7
-    timer.prefill_done(7, 0.250)
-    assert timer.admission_limit(150.0, running=True) <= 6
