@@ -39,6 +39,14 @@ CAPTION_PROMPT = JobConfig.__dataclass_fields__["prompt"].default  # "Describe t
 IM_END = "<|im_end|>"
 # the question templates the shipped model answers worst (held-out 16% and 59%); `hard_weight` favours them
 HARD_QUESTIONS = ("Where is", "How many")
+# world.position_questions' column/row templates are position supervision too, but they begin "Is the" like
+# the size question ("Is the star large or small?"), so they are told apart by their middle
+HARD_PARTS = (" on the left, in the middle or on the right?", " at the top, in the middle or at the bottom?")
+
+
+def is_hard(question: str) -> bool:
+    """Whether `hard_weight` applies to `question`: a `HARD_QUESTIONS` template or a column/row question."""
+    return question.startswith(HARD_QUESTIONS) or question.endswith(HARD_PARTS)
 
 
 def qa_prompt(question: str) -> str:
@@ -56,10 +64,12 @@ class Example:
 class ExampleMaker:
     """Builds `Example`s from the checkpoint's tokenizer, template and processors (one per DataLoader worker)."""
 
-    def __init__(self, model_dir: str | Path, easy_vqa_dir: str | Path | None = None, hard_weight: float = 1.0):
+    def __init__(self, model_dir: str | Path, easy_vqa_dir: str | Path | None = None, hard_weight: float = 1.0,
+                 extended_questions: bool = False):
         if not hard_weight > 0:
             raise ValueError(f"hard_weight must be > 0, got {hard_weight}")
         self.hard_weight = hard_weight
+        self.extended_questions = extended_questions  # world.questions(extended=...) for training scenes
         self.tok = Tokenizer.from_dir(model_dir)
         self.template = ChatTemplate.from_dir(model_dir)
         self.cfg = OneVisionConfig.from_dir(model_dir)
@@ -101,7 +111,7 @@ class ExampleMaker:
     def scene(self, rng: np.random.Generator, turns: int) -> Example:
         scene = world.sample_scene(rng)
         media, n = self.image_media(world.render(scene))
-        qs = world.questions(scene, rng)
+        qs = world.questions(scene, rng, extended=self.extended_questions)
         if self.hard_weight != 1.0:  # 1.0 draws nothing more, so existing seeds give the same examples
             qs = self.weighted_order(qs, rng)
         qas = [(qa_prompt(q), a) for q, a in qs]
@@ -109,9 +119,9 @@ class ExampleMaker:
         return self.build([chosen[i] for i in rng.permutation(len(chosen))], media, n, [], "scene")
 
     def weighted_order(self, qs: list[tuple[str, str]], rng: np.random.Generator) -> list[tuple[str, str]]:
-        """`qs` reordered so that any prefix is a weighted sample without replacement, `HARD_QUESTIONS` having
-        weight `hard_weight` and the rest 1 (Efraimidis-Spirakis: sort by u ** (1 / w), largest first)."""
-        w = np.array([self.hard_weight if q.startswith(HARD_QUESTIONS) else 1.0 for q, _ in qs])
+        """`qs` reordered so that any prefix is a weighted sample without replacement, `is_hard` questions
+        having weight `hard_weight` and the rest 1 (Efraimidis-Spirakis: sort by u ** (1 / w), largest first)."""
+        w = np.array([self.hard_weight if is_hard(q) else 1.0 for q, _ in qs])
         keys = rng.random(len(qs)) ** (1.0 / w)
         return [qs[i] for i in np.argsort(-keys, kind="stable")]
 

@@ -10,6 +10,7 @@ here, and the held-out test (tests/demo/test_demo_model.py) regenerates scenes f
 - `caption(scene)`: one sentence, e.g. "Two red circles and a blue square on a white background."
 - `questions(scene, rng)`: (question, one-word-or-number answer) pairs about colour, shape, count, position,
   size, the word and yes/no; every answer is determined by the scene (ambiguous questions are never asked).
+  `extended=True` (training only) adds position questions about unique colour-shape pairs: cell, column, row.
 - `sample_clip(rng)` / `render_clip(clip)`: 4-8 frames of one shape moving left/right/up/down.
 
 Answers are lower-case words or digits; captions are sentences. Deterministic for a given numpy Generator.
@@ -143,8 +144,33 @@ def caption(scene: Scene) -> str:
     return text
 
 
-def questions(scene: Scene, rng: np.random.Generator) -> list[tuple[str, str]]:
-    """Every well-defined question about the scene of a few templates, shuffled."""
+COLUMNS = ("left", "middle", "right")  # a cell's column is cell % 3
+ROWS = ("top", "middle", "bottom")  # a cell's row is cell // 3
+
+
+def position_questions(scene: Scene) -> list[tuple[str, str]]:
+    """Training-only position questions about every (colour, kind) pair that occurs exactly once: its cell,
+    and its column and row on their own (a 3x3 position split into two 3-way choices a tiny model can
+    learn separately). Pairs that occur more than once are skipped: their position would be ambiguous."""
+    pairs = [(s.color, s.kind) for s in scene.shapes]
+    qs: list[tuple[str, str]] = []
+    for s in scene.shapes:
+        if pairs.count((s.color, s.kind)) != 1:
+            continue
+        name = f"{s.color} {s.kind}"
+        qs += [(f"Where is the {name}?", CELLS[s.cell]),
+               (f"Is the {name} on the left, in the middle or on the right?", COLUMNS[s.cell % 3]),
+               (f"Is the {name} at the top, in the middle or at the bottom?", ROWS[s.cell // 3])]
+    return qs
+
+
+def questions(scene: Scene, rng: np.random.Generator, extended: bool = False) -> list[tuple[str, str]]:
+    """Every well-defined question about the scene of a few templates, shuffled.
+
+    `extended` adds `position_questions` (for training; the held-out sets use the default). It draws
+    nothing more from `rng`, only a longer final permutation, so `extended=False` gives exactly the
+    questions and rng state it always has (the held-out sets and their CI accuracy floors depend on it).
+    """
     qs: list[tuple[str, str]] = [("How many shapes are there?", str(len(scene.shapes))),
                                  ("What color is the background?", scene.background)]
     kinds = [s.kind for s in scene.shapes]
@@ -170,6 +196,8 @@ def questions(scene: Scene, rng: np.random.Generator) -> list[tuple[str, str]]:
         color, kind, present = s.color, s.kind, True
     qs.append((f"Is there a {color} {kind}?", "yes" if present else "no"))
     qs.append(("What word is written in the image?", scene.word.lower() if scene.word else "none"))
+    if extended:
+        qs += position_questions(scene)
     return [qs[i] for i in rng.permutation(len(qs))]
 
 

@@ -9,11 +9,15 @@
 # Then, here:  python scripts/train_demo_model.py --from-parts <files_at> --out demo/model
 # Continuing the shipped weights (the run tree includes demo/model; with no progress.json there, --resume
 # takes steps 7189 / 901 s from its training.json, so a 1800 s schedule restarts mid-cosine after a
-# 100-step warm-up; --hard-weight 3 favours the weak "Where is"/"How many" questions):
-# run(kind="nvidia-h200", carry=[".devdata"], timeout_s=600,
-#     command="BUDGET=450 SCHEDULE=1800 bash scripts/train_demo_device.sh --resume demo/model --hard-weight 3")
+# 100-step warm-up; --hard-weight 3 favours the weak "Where is"/"How many" questions, and
+# --extended-questions adds cell/column/row questions about each unique colour-shape pair to the training
+# scenes: with both, ~49% of scene question turns ask a position instead of ~12%; the held-out
+# checks keep the default questions):
+# run(kind="nvidia-h200", carry=[".devdata"], timeout_s=600, command="BUDGET=450 SCHEDULE=1800 \
+#     bash scripts/train_demo_device.sh --resume demo/model --hard-weight 3 --extended-questions")
 # copy the returned model.part* and progress.json to .devdata/resume/ (replacing the old ones), then:
-# run(..., command="BUDGET=450 SCHEDULE=1800 bash scripts/train_demo_device.sh --resume .devdata/resume --hard-weight 3")
+# run(..., command="BUDGET=450 SCHEDULE=1800 \
+#     bash scripts/train_demo_device.sh --resume .devdata/resume --hard-weight 3 --extended-questions")
 # Every --log-every line splits the step: data wait, h2d/fwd/bwd/opt on the GPU timeline (CUDA events, no
 # extra syncs), the host's issue time per phase, and examples/s.
 # PROFILE=1 first profiles 3 steps ($OUT/profile.log).

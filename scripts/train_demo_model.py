@@ -12,7 +12,9 @@ tokens only, AdamW with a warm-up and a cosine schedule over the time budget, bf
 Prints a progress line every `--log-every` steps (loss, lr, where the step time goes: data wait, then
 h2d/fwd/bwd/opt from CUDA events, and examples/s) and a held-out exact-match table at the end (scenes from
 seeds never trained on, greedy), then writes the checkpoint. `--hard-weight` favours the weak question
-templates; `--resume demo/model` continues the shipped weights' schedule (from its training.json).
+templates; `--extended-questions` adds position questions (cell, column, row of each unique colour-shape
+pair) to the training scenes only; `--resume demo/model` continues the shipped weights' schedule (from its
+training.json).
 
 The shipped weights (2026-11-30, one H200, 14 data workers, batch 48, lr 3e-3, a 900 s schedule run as two
 450 s calls, the second with --resume): 7,189 steps, loss 0.21; through jobs/caption.py on held-out scenes
@@ -84,8 +86,9 @@ def write_metadata(src: Path, out: Path, shrink=demo_config) -> None:
 
 
 class Stream(torch.utils.data.IterableDataset):
-    def __init__(self, model_dir: Path, easy_vqa_dir: Path | None, batch: int, seed: int, hard_weight: float = 1.0):
-        self.args = (model_dir, easy_vqa_dir, hard_weight)
+    def __init__(self, model_dir: Path, easy_vqa_dir: Path | None, batch: int, seed: int, hard_weight: float = 1.0,
+                 extended_questions: bool = False):
+        self.args = (model_dir, easy_vqa_dir, hard_weight, extended_questions)
         self.batch, self.seed = batch, seed
 
     def __iter__(self):
@@ -284,7 +287,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--eval-scenes", type=int, default=60)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--hard-weight", type=float, default=1.0, help="relative weight of the weak question "
-                    "templates (demo.examples.HARD_QUESTIONS) when a scene's questions are picked; 1: uniform")
+                    "templates (demo.examples.is_hard) when a scene's questions are picked; 1: uniform")
+    ap.add_argument("--extended-questions", action="store_true", help="training scenes also ask where each "
+                    "unique colour-shape pair is (cell, column, row): world.questions(extended=True); the "
+                    "held-out check keeps the default questions")
     ap.add_argument("--save-every-s", type=float, default=120.0)
     ap.add_argument("--export-dir", type=Path, help="also write the weights here as <= 15 MiB parts (device $OUT)")
     ap.add_argument("--from-parts", type=Path, help="no training: join exported parts into --out")
@@ -305,7 +311,7 @@ def main(argv: list[str] | None = None) -> None:
     done = load_weights(model, args.resume) if args.resume else {}
     offset, step0 = float(done.get("elapsed_s", 0.0)), int(done.get("steps", 0))
     schedule_s = args.schedule_s or args.time_budget_s
-    maker = ExampleMaker(args.out, args.easy_vqa_dir)
+    maker = ExampleMaker(args.out, args.easy_vqa_dir)  # for held_out: default questions, the CI-checked set
     pre = json.loads((args.out / "preprocessor_config.json").read_text())
     mean, std = tuple(pre["image_mean"]), tuple(pre["image_std"])  # as the engine's runner normalises uint8
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embed" not in n]
@@ -313,7 +319,7 @@ def main(argv: list[str] | None = None) -> None:
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": rest, "weight_decay": 0.0}],
                             lr=args.lr, betas=(0.9, 0.98), fused=device.type == "cuda")
     stream = Stream(args.out, args.easy_vqa_dir, args.batch, args.seed + step0,  # resumed runs see new data
-                    args.hard_weight)
+                    args.hard_weight, args.extended_questions)
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=args.workers,
                                          pin_memory=device.type == "cuda",
                                          prefetch_factor=4 if args.workers else None, persistent_workers=False)
@@ -388,6 +394,7 @@ def main(argv: list[str] | None = None) -> None:
           + ", ".join(f"{k} {v:.0%}" for k, v in acc.items()), flush=True)
     record = {"steps": step, "train_seconds": round(train_s), "schedule_seconds": round(schedule_s),
               "batch": args.batch, "lr": args.lr, "seed": args.seed, "hard_weight": args.hard_weight,
+              "extended_questions": args.extended_questions,
               "resumed_from": str(args.resume) if args.resume else None, "resumed_at_step": step0,
               "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
               "easy_vqa": args.easy_vqa_dir is not None, "held_out_exact_match": acc}

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from demo import world
-from demo.examples import CAPTION_PROMPT, HARD_QUESTIONS, ExampleMaker, collate, qa_prompt
+from demo.examples import CAPTION_PROMPT, HARD_QUESTIONS, ExampleMaker, collate, is_hard, qa_prompt
 from models.onevision.config import OneVisionConfig
 from models.onevision.model import LlavaOnevisionForConditionalGeneration
 from models.random_weights import random_init
@@ -153,3 +153,27 @@ def test_resume_from_a_finished_checkpoint_continues_its_schedule(script, tiny_d
     assert script.load_weights(model, tmp_path) == {"steps": 7189, "elapsed_s": 901.0}
     (tmp_path / "progress.json").write_text(json.dumps({"steps": 9000, "elapsed_s": 1351.5}))
     assert script.load_weights(model, tmp_path) == {"steps": 9000, "elapsed_s": 1351.5}  # parts win
+
+
+def test_extended_questions_are_hard_and_reach_training_scenes(model_dir, script):
+    assert is_hard("Where is the red circle?") and is_hard("How many stars are there?")
+    assert is_hard("Is the red circle on the left, in the middle or on the right?")
+    assert is_hard("Is the red circle at the top, in the middle or at the bottom?")
+    assert not is_hard("Is the star large or small?") and not is_hard("Is there a red circle?")
+    maker = ExampleMaker(model_dir, extended_questions=True)
+    asked = ""
+    for seed in range(6):
+        rng = np.random.default_rng(seed)
+        scene = world.sample_scene(rng)
+        # the maker's recipe with extended questions, spelled out (hard_weight 1 draws nothing more)
+        qas = [(qa_prompt(q), a) for q, a in world.questions(scene, rng, extended=True)][:5]
+        qas.append((CAPTION_PROMPT, world.caption(scene)))
+        media, n = maker.image_media(world.render(scene))
+        want = maker.build([qas[i] for i in rng.permutation(len(qas))], media, n, [], "scene")
+        ex = maker.scene(np.random.default_rng(seed), turns=6)
+        assert ex.ids == want.ids
+        asked += maker.tok.decode(ex.ids)
+    assert "on the left, in the middle or on the right?" in asked
+    stream = script.Stream(model_dir, None, batch=2, seed=0, hard_weight=3.0, extended_questions=True)
+    assert ExampleMaker(*stream.args).extended_questions and ExampleMaker(*stream.args).hard_weight == 3.0
+    assert script.Stream(model_dir, None, batch=2, seed=0).args[2:] == (1.0, False)  # default: as before
