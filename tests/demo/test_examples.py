@@ -2,11 +2,9 @@
 loss sees only the answers; hard question templates can be favoured; collate's one pixel tensor feeds the
 trainer exactly as the per-example media would."""
 
-import importlib.util
 import io
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -20,7 +18,6 @@ from models.random_weights import random_init
 from pipeline.job_config import JobConfig
 from pipeline.onevision_codec import OneVisionCodec
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "train_demo_model.py"
 PATCH = "vision_tower.vision_model.embeddings.patch_embedding.weight"
 
 
@@ -102,14 +99,6 @@ def test_collate_concatenates_the_crops_in_feature_order(model_dir):
 
 
 @pytest.fixture(scope="module")
-def script():
-    spec = importlib.util.spec_from_file_location("train_demo_model", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-@pytest.fixture(scope="module")
 def tiny_dir(model_dir, tmp_path_factory):
     """demo/model's metadata with a one-layer, 32-wide model (CPU-fast; same crops, tokens and processors)."""
     d = tmp_path_factory.mktemp("tiny_meta")
@@ -122,7 +111,7 @@ def tiny_dir(model_dir, tmp_path_factory):
     return d
 
 
-def test_the_trainers_one_copy_path_gives_the_same_loss(script, tiny_dir):
+def test_the_trainers_one_copy_path_gives_the_same_loss(train_demo_script, tiny_dir):
     """scripts/train_demo_model.py: a batch's features from collate's one `pixels` tensor (one normalisation,
     one SigLIP call) give exactly the loss and gradients of `model.media_features` on the per-example media."""
     torch.manual_seed(0)
@@ -137,25 +126,25 @@ def test_the_trainers_one_copy_path_gives_the_same_loss(script, tiny_dir):
     results = []
     for b in (batch, per_media):
         model.zero_grad()
-        loss = script.loss_of(model, b, torch.device("cpu"), mean, std)
+        loss = train_demo_script.loss_of(model, b, torch.device("cpu"), mean, std)
         loss.backward()
         results.append((loss.detach(), model.get_parameter(PATCH).grad.clone()))
     assert torch.equal(results[0][0], results[1][0])
     assert torch.equal(results[0][1], results[1][1])
 
 
-def test_resume_from_a_finished_checkpoint_continues_its_schedule(script, tiny_dir, tmp_path):
+def test_resume_from_a_finished_checkpoint_continues_its_schedule(train_demo_script, tiny_dir, tmp_path):
     """demo/model has no progress.json: `--resume` takes the steps and seconds of its training.json."""
     model = LlavaOnevisionForConditionalGeneration(OneVisionConfig.from_dir(tiny_dir))
     model.language_model.reset_buffers()
-    script.save(model, tmp_path, None, {})
+    train_demo_script.save(model, tmp_path, None, {})
     (tmp_path / "training.json").write_text(json.dumps({"steps": 7189, "train_seconds": 901, "batch": 48}))
-    assert script.load_weights(model, tmp_path) == {"steps": 7189, "elapsed_s": 901.0}
+    assert train_demo_script.load_weights(model, tmp_path) == {"steps": 7189, "elapsed_s": 901.0}
     (tmp_path / "progress.json").write_text(json.dumps({"steps": 9000, "elapsed_s": 1351.5}))
-    assert script.load_weights(model, tmp_path) == {"steps": 9000, "elapsed_s": 1351.5}  # parts win
+    assert train_demo_script.load_weights(model, tmp_path) == {"steps": 9000, "elapsed_s": 1351.5}  # parts win
 
 
-def test_extended_questions_are_hard_and_reach_training_scenes(model_dir, script):
+def test_extended_questions_are_hard_and_reach_training_scenes(model_dir, train_demo_script):
     assert is_hard("Where is the red circle?") and is_hard("How many stars are there?")
     assert is_hard("Is the red circle on the left, in the middle or on the right?")
     assert is_hard("Is the red circle at the top, in the middle or at the bottom?")
@@ -174,6 +163,6 @@ def test_extended_questions_are_hard_and_reach_training_scenes(model_dir, script
         assert ex.ids == want.ids
         asked += maker.tok.decode(ex.ids)
     assert "on the left, in the middle or on the right?" in asked
-    stream = script.Stream(model_dir, None, batch=2, seed=0, hard_weight=3.0, extended_questions=True)
+    stream = train_demo_script.Stream(model_dir, None, batch=2, seed=0, hard_weight=3.0, extended_questions=True)
     assert ExampleMaker(*stream.args).extended_questions and ExampleMaker(*stream.args).hard_weight == 3.0
-    assert script.Stream(model_dir, None, batch=2, seed=0).args[2:] == (1.0, False)  # default: as before
+    assert train_demo_script.Stream(model_dir, None, batch=2, seed=0).args[2:] == (1.0, False)  # default: as before

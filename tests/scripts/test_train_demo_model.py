@@ -2,10 +2,8 @@
 example falls fast), the saved checkpoint loads in the engine's model class, and exported parts join back
 byte for byte."""
 
-import importlib.util
 import json
 import shutil
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -17,16 +15,6 @@ from models.onevision.model import LlavaOnevisionForConditionalGeneration
 from models.random_weights import random_init
 from tests.conftest import OV_REAL
 
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "train_demo_model.py"
-
-
-@pytest.fixture(scope="module")
-def script():
-    spec = importlib.util.spec_from_file_location("train_demo_model", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 @pytest.fixture(scope="module")
 def shared(tmp_path_factory):
@@ -36,9 +24,9 @@ def shared(tmp_path_factory):
     return root
 
 
-def test_one_example_is_learned(script, shared, tmp_path):
+def test_one_example_is_learned(train_demo_script, shared, tmp_path):
     out = tmp_path / "model"
-    script.write_metadata(shared / script.SOURCE, out)
+    train_demo_script.write_metadata(shared / train_demo_script.SOURCE, out)
     torch.manual_seed(0)
     model = LlavaOnevisionForConditionalGeneration(OneVisionConfig.from_dir(out))
     model.language_model.reset_buffers()
@@ -50,7 +38,7 @@ def test_one_example_is_learned(script, shared, tmp_path):
     opt = torch.optim.AdamW(model.parameters(), lr=1e-2)
     losses = []
     for _ in range(10):
-        loss = script.loss_of(model, batch, torch.device("cpu"), mean, std)
+        loss = train_demo_script.loss_of(model, batch, torch.device("cpu"), mean, std)
         opt.zero_grad()
         loss.backward()
         if not losses:  # the vision tower, projector and newline all get gradients through the media path
@@ -61,13 +49,13 @@ def test_one_example_is_learned(script, shared, tmp_path):
         losses.append(loss.item())
     assert losses[-1] < 0.7 * losses[0], losses
 
-    script.save(model, out, tmp_path / "parts", {"steps": 8, "elapsed_s": 3.0})
+    train_demo_script.save(model, out, tmp_path / "parts", {"steps": 8, "elapsed_s": 3.0})
     loaded = LlavaOnevisionForConditionalGeneration.from_pretrained(out, dtype=torch.float32)
     assert torch.equal(loaded.image_newline, model.image_newline.detach().to(torch.bfloat16).float())
     assert (out / "model.safetensors").stat().st_size < 25 * 10**6
-    script.from_parts(tmp_path / "parts", tmp_path / "joined", shared)
+    train_demo_script.from_parts(tmp_path / "parts", tmp_path / "joined", shared)
     assert (tmp_path / "joined" / "model.safetensors").read_bytes() == (out / "model.safetensors").read_bytes()
 
     fresh = LlavaOnevisionForConditionalGeneration(OneVisionConfig.from_dir(out))  # --resume from the parts
-    assert script.load_weights(fresh, tmp_path / "parts") == {"steps": 8, "elapsed_s": 3.0}
+    assert train_demo_script.load_weights(fresh, tmp_path / "parts") == {"steps": 8, "elapsed_s": 3.0}
     assert torch.equal(fresh.image_newline, loaded.image_newline.to(fresh.image_newline.dtype))
