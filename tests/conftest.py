@@ -220,13 +220,17 @@ def moto_s3():
     server.stop()
 
 
-@pytest.fixture(scope="module")
-def train_demo_script():
-    """scripts/train_demo_model.py as a module (scripts/ is not a package)."""
+def load_script(name: str):
+    """scripts/<name>.py as a module (scripts/ is not a package)."""
     import importlib.util
 
-    path = Path(__file__).resolve().parents[1] / "scripts" / "train_demo_model.py"
-    spec = importlib.util.spec_from_file_location("train_demo_model", path)
+    path = Path(__file__).resolve().parents[1] / "scripts" / f"{name}.py"
+    spec = importlib.util.spec_from_file_location(f"{name}_script", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
+
+
+@pytest.fixture(scope="module")
+def train_demo_script():
+    return load_script("train_demo_model")

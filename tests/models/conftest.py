@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 from collections import Counter
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from safetensors import safe_open
 
 import models.loader as loader
 from ops.parallel import ParallelContext
+from tests.conftest import load_script
 
 
 class CountingOpen:
@@ -74,9 +74,4 @@ def shard_reads(monkeypatch):
 
 @pytest.fixture(scope="session")
 def tp_plan():
-    """scripts/tp_plan.py as a module (scripts/ is not a package)."""
-    path = Path(__file__).resolve().parents[2] / "scripts" / "tp_plan.py"
-    spec = importlib.util.spec_from_file_location("tp_plan_script", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("tp_plan")

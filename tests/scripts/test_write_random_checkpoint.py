@@ -3,28 +3,18 @@ exactly, with the metadata files of the source directory copied beside it."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-from pathlib import Path
 
 import torch
 
 from models.mllama.model import MllamaForConditionalGeneration
 from models.random_weights import random_model
-
-SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "write_random_checkpoint.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("write_random_checkpoint", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+from tests.conftest import load_script
 
 
 def test_written_checkpoint_loads_back_exactly(tiny_mllama_dir, tmp_path):
     out = tmp_path / "ckpt"
-    load_script().main(["--config", str(tiny_mllama_dir), "--out", str(out), "--device", "cpu",
+    load_script("write_random_checkpoint").main(["--config", str(tiny_mllama_dir), "--out", str(out), "--device", "cpu",
                         "--dtype", "float32", "--shard-gib", "0.02", "--seed", "3"])
     index = json.loads((out / "model.safetensors.index.json").read_text())
     shards = sorted(set(index["weight_map"].values()))
