@@ -49,6 +49,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the offline worker imports the project (not installed on the GPU machine)
+
+from pipeline.serve.loadgen import percentile  # noqa: E402  (nearest rank; loadgen imports httpx only to send)
+
 QUESTION = "Describe this image in one sentence."
 
 
@@ -70,11 +73,6 @@ def make_bodies(model: str, n: int, size: int, max_tokens: int) -> list[dict]:
              "max_tokens": max_tokens, "messages": [{"role": "user", "content": [
                  {"type": "image_url", "image_url": {"url": jpeg_url(size, seed)}},
                  {"type": "text", "text": QUESTION}]}]} for seed in range(n)]
-
-
-def percentile(values: list[float], q: float) -> float | None:
-    ordered = sorted(values)
-    return ordered[max(0, -(-len(ordered) * q // 100) - 1)] if ordered else None
 
 
 # --- the client -------------------------------------------------------------------------------------------
@@ -147,8 +145,8 @@ def run_level(port: int, bodies: list[bytes], concurrency: int, timeout_s: float
     tokens = sum(r["tokens"] for r in ok)
 
     def pct(key: str, q: float) -> float | None:
-        v = percentile([r[key] * 1e3 for r in ok if r.get(key) is not None], q)
-        return None if v is None else round(v, 2)
+        ms = [r[key] * 1e3 for r in ok if r.get(key) is not None]
+        return round(percentile(ms, q), 2) if ms else None
 
     return {"concurrency": concurrency, "requests": len(bodies), "sent": len(results), "ok": len(ok),
             "errors": len(errors), "first_errors": errors[:3], "timed_out": len(results) < len(bodies),

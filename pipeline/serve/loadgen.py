@@ -17,7 +17,7 @@ Contract:
 - `Report` holds per-request latencies (seconds, client side, from send to the parsed body) and the
   completion tokens of the good answers; `summary()` gives requests/s and output tokens/s over the run's
   wall time and p50/p99 latency (nearest rank). It measures; it asserts nothing.
-- Needs `httpx` (the test extra has it; so does the `openai` client). The CLI exits 1 if any request failed.
+- `run` needs `httpx` (the test extra has it; so does the `openai` client). The CLI exits 1 if any request failed.
 """
 
 from __future__ import annotations
@@ -33,8 +33,6 @@ from collections import Counter
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
-
-import httpx
 
 QUESTIONS = ("What is in the picture?", "Describe the image in one sentence.", "What colours do you see?",
              "Is there any text in it?")
@@ -152,6 +150,8 @@ class Report:
 def run(url: str, bodies: Sequence[dict], concurrency: int, *, api_key: str | None = None,
         timeout_s: float = 120.0) -> Report:
     """Send every body once from `concurrency` threads against `url` (the server's base, without /v1)."""
+    import httpx  # here, not at the top: `percentile` is shared with scripts/serve_bench.py, which has no httpx
+
     report = Report(requests=len(bodies), concurrency=concurrency)
     lock = threading.Lock()
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
@@ -187,6 +187,8 @@ def run(url: str, bodies: Sequence[dict], concurrency: int, *, api_key: str | No
 
 def served_model(url: str, api_key: str | None = None) -> str:
     """The first model `GET /v1/models` lists."""
+    import httpx
+
     headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
     r = httpx.get(url.rstrip("/") + "/v1/models", headers=headers, timeout=30)
     r.raise_for_status()
