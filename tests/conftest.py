@@ -234,3 +234,12 @@ def load_script(name: str):
 @pytest.fixture(scope="module")
 def train_demo_script():
     return load_script("train_demo_model")
+
+
+def free_port() -> int:
+    """A TCP port the OS just handed out on 127.0.0.1 (a test server or `ray start` binds it next)."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

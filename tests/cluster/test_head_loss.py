@@ -30,6 +30,7 @@ import pytest
 from pipeline.cluster_watch import ClusterWatch, accepts_connections, head_loss_s
 from pipeline.watchdog import JobStalledError, iterate_with_stall_timeout
 from tests.cluster.test_node_loss import images_parquet, output_ids
+from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 CAPTION = ROOT / "jobs" / "caption.py"
@@ -108,11 +109,6 @@ def test_accepts_connections_tells_a_listening_port_from_a_closed_one():
         assert accepts_connections(address)
     assert not accepts_connections(address)  # closed: refused at once
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @contextlib.contextmanager

@@ -18,7 +18,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,6 +29,8 @@ import pyarrow.dataset as pds
 import pyarrow.parquet as pq
 import pytest
 from PIL import Image
+
+from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[2]
 CAPTION = ROOT / "jobs" / "caption.py"
@@ -47,11 +48,6 @@ def scrape_until(url: str, needle: str, timeout_s: float) -> str:
         time.sleep(2)
     raise AssertionError(f"{needle!r} never appeared at {url}; last scrape:\n{text[-3000:]}")
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def images_parquet(path: Path, n: int, files: int = 1) -> Path:

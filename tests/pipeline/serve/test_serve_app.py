@@ -5,12 +5,12 @@ in-process app (the same engine code behind Serve's own ingress)."""
 from __future__ import annotations
 
 import os
-import socket
 from pathlib import Path
 
 import pytest
 
 from jobs import serve as serve_job
+from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[3]
 
@@ -32,11 +32,6 @@ def test_cli_refuses_a_directory_without_a_checkpoint(tmp_path, capsys):
     assert info.value.code == 2 and "no config.json" in capsys.readouterr().err
 
 
-def _free_port() -> int:
-    with socket.socket() as s:  # the OS picks it; Serve's proxy then binds it
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
 
 def test_ray_serve_deployment_answers_like_the_in_process_app(tiny_ov_dir, http, ov_service, kit):
     import httpx
@@ -49,7 +44,7 @@ def test_ray_serve_deployment_answers_like_the_in_process_app(tiny_ov_dir, http,
     ray.init(num_cpus=2, include_dashboard=False, logging_level="warning",
              runtime_env={"env_vars": {"PYTHONPATH": path}})
     try:
-        port = _free_port()
+        port = free_port()
         serve.start(http_options={"host": "127.0.0.1", "port": port})
         app = serve_job.app({"model": str(tiny_ov_dir), "max-model-len": kit.MAX_LEN, "max-num-seqs": 2,
                              "dtype": "float32", "no-cuda-graphs": "true", "api-key": "k"})
