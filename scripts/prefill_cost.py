@@ -32,6 +32,7 @@ from serve_bench import make_bodies  # noqa: E402
 from pipeline.context_len import resolve_max_model_len  # noqa: E402
 from pipeline.engine.builder import build_engine  # noqa: E402
 from pipeline.engine.config import EngineConfig  # noqa: E402
+from pipeline.engine.step_timer import line_fit  # noqa: E402
 from pipeline.job_config import JobConfig  # noqa: E402
 from pipeline.media_codec import codec_for  # noqa: E402
 from pipeline.serve.messages import MediaLimits, split_media  # noqa: E402
@@ -65,16 +66,6 @@ def timed(fn, reps: int) -> list[float]:
         sync()
         out.append(time.perf_counter() - t0)
     return out
-
-
-def line_fit(xs: list[float], ys: list[float]) -> tuple[float, float]:
-    """(intercept, slope) of the least-squares line; slope only (through 0) when all xs are equal."""
-    mx, my = statistics.fmean(xs), statistics.fmean(ys)
-    sxx = sum((x - mx) ** 2 for x in xs)
-    if sxx == 0:
-        return 0.0, my / mx
-    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx
-    return my - slope * mx, slope
 
 
 def profile_table(fn, rows: int) -> str:

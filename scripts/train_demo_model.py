@@ -47,7 +47,6 @@ from demo.heldout import HELD_OUT_SEED  # noqa: E402
 from models.generate import greedy_generate  # noqa: E402
 from models.onevision.config import OneVisionConfig  # noqa: E402
 from models.onevision.model import LlavaOnevisionForConditionalGeneration  # noqa: E402
-from models.onevision.pack import pack_image, pack_video  # noqa: E402
 from models.random_weights import random_init  # noqa: E402
 from ops.attention import attention  # noqa: E402
 
@@ -109,18 +108,8 @@ def batch_features(model, batch: dict, mean, std) -> list[torch.Tensor]:
     (pinned) copy, one normalisation and one SigLIP call for the batch, then the same per-example packing,
     so the features are identical (media_features also concatenates before SigLIP)."""
     pixels = model._normalize(batch["pixels"], mean, std)  # moves it to the model's device first
-    crops, v, cfg = iter(model.encode_crops(pixels).split(batch["pixel_splits"])), model.cfg.vision, model.cfg
-    out = []
-    for m in batch["media"]:
-        multi = len(m.images) > 1
-        rows = [pack_image(next(crops), tuple(size), model.image_newline, pinpoints=cfg.image_grid_pinpoints,
-                           image_size=v.image_size, side=v.side, max_num_patches=cfg.max_num_patches,
-                           multi_image=multi) for size in m.image_sizes]
-        rows += [pack_video(next(crops), model.image_newline, image_size=v.image_size, patch_size=v.patch_size)
-                 for _ in m.videos]
-        if rows:
-            out.append(torch.cat(rows))
-    return out
+    feats = model.pack_media(batch["media"], model.encode_crops(pixels).split(batch["pixel_splits"]))
+    return [f for f in feats if f is not None]
 
 
 def to_device(batch: dict, device: torch.device) -> dict:

@@ -160,8 +160,13 @@ class LlavaOnevisionForConditionalGeneration(nn.Module):
         if not crops:
             return [None] * len(media)
         pixels = torch.cat([self._normalize(x, pixel_mean, pixel_std) for x in crops])
-        feats = self.encode_crops(pixels, chunk).split([x.shape[0] for x in crops])
-        v, it = self.cfg.vision, iter(feats)
+        return self.pack_media(media, self.encode_crops(pixels, chunk).split([x.shape[0] for x in crops]))
+
+    def pack_media(self, media: list[OneVisionMedia | None], crop_features) -> list[torch.Tensor | None]:
+        """Per-request features (None without media) from the crops' features, in `media` order: per
+        request its images, then its videos (what `media_features` encodes; the demo trainer encodes one
+        concatenated pixel tensor and packs with this)."""
+        v, it = self.cfg.vision, iter(crop_features)
         out: list[torch.Tensor | None] = []
         for m in media:
             if m is None or not (m.images or m.videos):

@@ -47,15 +47,10 @@ class StepTimer:
         """(fixed, per-request) seconds of one admission, or None before the first."""
         if not self.prefills:
             return None
-        xs, ys = [n for n, _ in self.prefills], [t for _, t in self.prefills]
-        mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-        sxx = sum((x - mx) ** 2 for x in xs)
-        if sxx == 0:
-            return 0.0, my / mx
-        per = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx
+        fixed, per = line_fit([n for n, _ in self.prefills], [t for _, t in self.prefills])
         if per <= 0:  # noise on a flat cost: every size costs about the same, i.e. all fixed
-            return my, 1e-6
-        return max(0.0, my - per * mx), per
+            return sum(t for _, t in self.prefills) / len(self.prefills), 1e-6
+        return max(0.0, fixed), per
 
     def admission_limit(self, budget_ms: float | None, running: bool) -> int | None:
         """How many requests one admission may take so that it stalls running sequences <= budget_ms."""
@@ -87,3 +82,13 @@ class StepTimer:
             return xs[min(len(xs) - 1, int(q * len(xs)))] * 1e3
 
         return pick(0.5), pick(0.99), xs[-1] * 1e3
+
+
+def line_fit(xs: list[float], ys: list[float]) -> tuple[float, float]:
+    """(intercept, slope) of the least-squares line; through the origin when all xs are equal."""
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    sxx = sum((x - mx) ** 2 for x in xs)
+    if sxx == 0:
+        return 0.0, my / mx
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys, strict=True)) / sxx
+    return my - slope * mx, slope
