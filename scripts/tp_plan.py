@@ -50,7 +50,7 @@ def rule_shape(name: str, shape: tuple[int, ...], text, ctx: ParallelContext) ->
         return shape  # vision towers and projectors are replicated
     leaf = name.rsplit(".", 2)
     proj, kind = leaf[-2], leaf[-1]
-    hd = text.hidden_size // text.num_attention_heads
+    hd = text.head_dim
     if proj == "q_proj":
         return (head_shard(text.num_attention_heads, ctx)[1] * hd, *shape[1:])
     if proj in ("k_proj", "v_proj"):
@@ -76,7 +76,7 @@ def rank_shapes(ckpt: Path, tp: int, rank: int) -> dict[str, tuple[int, ...]]:
 def kv_bytes_per_seq(ckpt: Path, tp: int, max_len: int, max_images: int) -> int:
     cfg = model_class(architecture(ckpt)).config_class.from_dir(ckpt)
     t = cfg.text
-    hd = t.hidden_size // t.num_attention_heads
+    hd = t.head_dim
     kv = head_shard(t.num_key_value_heads, ParallelContext(0, tp), replicate=True)[1]
     cross_layers = len(getattr(t, "cross_attention_layers", ()))
     per_token_layer = 2 * kv * hd * BF16

@@ -140,7 +140,8 @@ def tiny_ov_config():
 
     real = json.loads((OV_REAL / "config.json").read_text())
     text = dict(real["text_config"], hidden_size=64, intermediate_size=96, num_hidden_layers=2,
-                num_attention_heads=4, num_key_value_heads=2, max_window_layers=2)
+                num_attention_heads=4, num_key_value_heads=2, max_window_layers=2,
+                head_dim=24)  # not hidden / heads (16): an explicit head_dim must be honoured
     vision = dict(real["vision_config"], hidden_size=32, intermediate_size=64, num_hidden_layers=3,
                   num_attention_heads=4, image_size=TINY_OV_IMAGE, patch_size=TINY_OV_PATCH)
     return LlavaOnevisionConfig(**dict(real, text_config=text, vision_config=vision,

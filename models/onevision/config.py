@@ -65,6 +65,12 @@ class Qwen2Config:
     bos_token_id: int = 151643
     eos_token_ids: tuple[int, ...] = (151645,)
     tie_word_embeddings: bool = False
+    # Qwen2 checkpoints leave it out (hidden / heads); a config may set it, as transformers' Qwen2 honours
+    head_dim: int = 0
+
+    def __post_init__(self) -> None:
+        if not self.head_dim:
+            object.__setattr__(self, "head_dim", self.hidden_size // self.num_attention_heads)
 
     @classmethod
     def from_hf(cls, cfg: dict, tie_word_embeddings: bool = False) -> Qwen2Config:
@@ -74,11 +80,8 @@ class Qwen2Config:
         kw["rope_theta"], kw["rope_scaling"] = rope_params(cfg, cls.rope_theta)
         kw["eos_token_ids"] = as_id_list(cfg.get("eos_token_id")) or cls.eos_token_ids
         kw["tie_word_embeddings"] = bool(tie_word_embeddings or cfg.get("tie_word_embeddings", False))
+        kw["head_dim"] = int(cfg.get("head_dim") or 0)
         return cls(**kw)
-
-    @property
-    def head_dim(self) -> int:
-        return self.hidden_size // self.num_attention_heads
 
 
 @dataclass(frozen=True)
