@@ -4,9 +4,12 @@ as token ids, loss labels and uint8 media, exactly as the caption job would prom
 Contract:
 - Every turn is the prompt the job sends (`JobConfig`'s default caption prompt, or the eval tasks' short-answer
   template `"{question}\\n" + SHORT_ANSWER`) rendered by the checkpoint's chat template with the generation
-  prompt, followed by the answer's tokens and `<|im_end|>`. The first turn carries the media placeholder,
-  expanded to the processor's feature count; later turns are text-only (several answers per image make
-  training ~4x cheaper per vision pass; inference is always single-turn, which the first turn matches).
+  prompt, followed by the answer's tokens and `<|im_end|>`, as if it were the only turn: an example is one
+  shared prefix (the prompt up to its last media placeholder, expanded to the processor's feature count) and
+  then each turn's rest of the prompt + answer. `segments` says which is which (0: the prefix, k: turn k) and
+  `positions` restart after the prefix for every turn, so a trainer that lets a turn attend only to the prefix
+  and to itself (`turn_mask`) computes for every turn exactly what single-turn inference computes: one
+  vision pass trains many independent answers (`turns=1` is the caption job's sequence itself).
 - `labels` is -100 everywhere except the answer tokens and their `<|im_end|>` (loss on assistant tokens only).
 - Media are what `OneVisionCodec` hands the engine: anyres uint8 crops + the original size for an image,
   resized uint8 frames for a clip.
@@ -59,15 +62,24 @@ class Example:
     labels: list[int]
     media: OneVisionMedia
     kind: str  # "scene" | "clip" | "easy_vqa"
+    segments: list[int]  # 0: the shared prefix (through the media), k >= 1: turn k
+    positions: list[int]  # every turn continues the prefix's positions, as if it were the only turn
 
 
 class ExampleMaker:
     """Builds `Example`s from the checkpoint's tokenizer, template and processors (one per DataLoader worker)."""
 
     def __init__(self, model_dir: str | Path, easy_vqa_dir: str | Path | None = None, hard_weight: float = 1.0,
-                 extended_questions: bool = False):
+                 extended_questions: bool = False, scene_turns: tuple[int, int] = (6, 12),
+                 easy_turns: tuple[int, int] = (3, 6)):
         if not hard_weight > 0:
             raise ValueError(f"hard_weight must be > 0, got {hard_weight}")
+        for name, (lo, hi) in (("scene_turns", scene_turns), ("easy_turns", easy_turns)):
+            if not 1 <= lo <= hi:
+                raise ValueError(f"{name} must be (lo, hi) with 1 <= lo <= hi, got {(lo, hi)}")
+        # turns per example, drawn uniformly from [lo, hi] (a scene's caption is one; fewer when the image
+        # has fewer questions)
+        self.scene_turns, self.easy_turns = tuple(scene_turns), tuple(easy_turns)
         self.hard_weight = hard_weight
         self.extended_questions = extended_questions  # world.questions(extended=...) for training scenes
         self.tok = Tokenizer.from_dir(model_dir)
@@ -94,14 +106,20 @@ class ExampleMaker:
 
     def build(self, turns: list[tuple[str, str]], media: OneVisionMedia, image_tokens: list[int],
               video_tokens: list[int], kind: str) -> Example:
-        ids: list[int] = []
-        labels: list[int] = []
-        for k, (prompt, answer) in enumerate(turns):
-            p = self.first_prompt(prompt, image_tokens, video_tokens) if k == 0 else self.prompt_ids(prompt)
+        prompts = [self.first_prompt(prompt, image_tokens, video_tokens) for prompt, _ in turns]
+        media_ids = (self.cfg.image_token_id, self.cfg.video_token_id)
+        cut = max(i for i, t in enumerate(prompts[0]) if t in media_ids) + 1  # the prefix: through the media
+        prefix = prompts[0][:cut]
+        ids, labels, segments, positions = list(prefix), [-100] * cut, [0] * cut, list(range(cut))
+        for k, (p, (_, answer)) in enumerate(zip(prompts, turns, strict=True), start=1):
+            if p[:cut] != prefix:  # the media come before any text that differs between turns
+                raise ValueError(f"turn {k}'s prompt does not share the media prefix")
             a = self.tok.encode(answer) + self.im_end
-            ids += p + a
-            labels += [-100] * len(p) + a
-        return Example(ids, labels, media, kind)
+            ids += p[cut:] + a
+            labels += [-100] * (len(p) - cut) + a
+            segments += [k] * (len(p) - cut + len(a))
+            positions += range(cut, len(p) + len(a))
+        return Example(ids, labels, media, kind, segments, positions)
 
     def image_media(self, img: Image.Image) -> tuple[OneVisionMedia, list[int]]:
         out = self.images.preprocess(img, uint8=True)
@@ -146,12 +164,13 @@ class ExampleMaker:
         if u < 0.12:
             return self.clip(rng)
         if u < 0.30 and self.easy:
-            return self.easy_vqa(rng, int(rng.integers(3, 7)))
-        return self.scene(rng, int(rng.integers(6, 13)))
+            return self.easy_vqa(rng, int(rng.integers(self.easy_turns[0], self.easy_turns[1] + 1)))
+        return self.scene(rng, int(rng.integers(self.scene_turns[0], self.scene_turns[1] + 1)))
 
 
 def collate(examples: list[Example], pad_id: int) -> dict:
-    """Right-padded ids/labels [B, S] and the media list (padding is never attended by real tokens: causal).
+    """Right-padded ids/labels/segments/positions [B, S] and the media list (padding is never attended by real
+    tokens: causal).
 
     `pixels`: every crop of the batch in one uint8 tensor [N, 3, S, S], in the order `media_features`
     consumes them (per example its images, then its videos); `pixel_splits`: the crops of each of those media
@@ -165,11 +184,27 @@ def collate(examples: list[Example], pad_id: int) -> dict:
     views = iter(pixels.split(splits))
     media = [OneVisionMedia(images=[next(views) for _ in e.media.images], image_sizes=list(e.media.image_sizes),
                             videos=[next(views) for _ in e.media.videos]) for e in examples]
-    length = max(len(e.ids) for e in examples)
+    # a multiple of 16: the trainer's additive [B, 1, S, S] mask then meets the memory-efficient SDPA
+    # kernel's alignment as it is, instead of being padded again in every layer
+    length = -(-max(len(e.ids) for e in examples) // 16) * 16
     ids = torch.full((len(examples), length), pad_id, dtype=torch.long)
     labels = torch.full((len(examples), length), -100, dtype=torch.long)
+    segments = torch.full((len(examples), length), -1, dtype=torch.long)  # padding: a segment of its own
+    positions = torch.zeros((len(examples), length), dtype=torch.long)
     for b, e in enumerate(examples):
         ids[b, : len(e.ids)] = torch.tensor(e.ids)
         labels[b, : len(e.labels)] = torch.tensor(e.labels)
-    return {"ids": ids, "labels": labels, "media": media, "pixels": pixels, "pixel_splits": splits,
-            "kinds": [e.kind for e in examples]}
+        segments[b, : len(e.ids)] = torch.tensor(e.segments)
+        positions[b, : len(e.ids)] = torch.tensor(e.positions)
+    return {"ids": ids, "labels": labels, "segments": segments, "positions": positions, "media": media,
+            "pixels": pixels, "pixel_splits": splits, "kinds": [e.kind for e in examples]}
+
+
+def turn_mask(segments: torch.Tensor) -> torch.Tensor:
+    """[B, 1, S, S] boolean attention mask for collated `segments` [B, S]: causal, and a token of turn k sees
+    only the prefix (segment 0) and turn k, so every turn is computed as if it were the only one. Padding
+    (-1) sees the prefix and itself: never all-masked, never seen by a real token."""
+    s = segments.shape[1]
+    causal = torch.ones(s, s, dtype=torch.bool, device=segments.device).tril()
+    keys, queries = segments[:, None, :], segments[:, :, None]
+    return (((keys == 0) | (keys == queries)) & causal)[:, None]

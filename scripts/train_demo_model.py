@@ -42,7 +42,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from demo import world  # noqa: E402
-from demo.examples import CAPTION_PROMPT, ExampleMaker, collate, qa_prompt  # noqa: E402
+from demo.examples import CAPTION_PROMPT, ExampleMaker, collate, qa_prompt, turn_mask  # noqa: E402
 from demo.heldout import HELD_OUT_SEED  # noqa: E402
 from models.generate import greedy_generate  # noqa: E402
 from models.onevision.config import OneVisionConfig  # noqa: E402
@@ -58,11 +58,13 @@ PART_BYTES = 15 * 2**20
 PHASES = ("h2d", "fwd", "bwd", "opt")  # a step after its batch arrives, each phase ending at one clock edge
 
 
-def demo_config(real: dict) -> dict:
-    # hidden 64 is what the 25 MB budget allows next to the 152k-row embedding (19.5 MB); depth and MLP
-    # width are nearly free in bytes, so they carry the capacity
+def demo_config(real: dict, head_dim: int | None = None) -> dict:
+    # hidden 64 is what the 25 MB budget allows next to the 152k-row embedding (19.5 MB); depth, MLP width
+    # and attention head width are nearly free in bytes, so they carry the capacity
     text = dict(real["text_config"], hidden_size=64, intermediate_size=512, num_hidden_layers=6,
                 num_attention_heads=4, num_key_value_heads=2, max_window_layers=6, tie_word_embeddings=True)
+    if head_dim:
+        text["head_dim"] = head_dim
     vision = dict(real["vision_config"], hidden_size=128, intermediate_size=512, num_hidden_layers=6,
                   num_attention_heads=4)
     return dict(real, text_config=text, vision_config=vision, _name_or_path="vlmcap-demo-onevision",
@@ -86,8 +88,9 @@ def write_metadata(src: Path, out: Path, shrink=demo_config) -> None:
 
 class Stream(torch.utils.data.IterableDataset):
     def __init__(self, model_dir: Path, easy_vqa_dir: Path | None, batch: int, seed: int, hard_weight: float = 1.0,
-                 extended_questions: bool = False):
-        self.args = (model_dir, easy_vqa_dir, hard_weight, extended_questions)
+                 extended_questions: bool = False, scene_turns: tuple[int, int] = (6, 12),
+                 easy_turns: tuple[int, int] = (3, 6)):
+        self.args = (model_dir, easy_vqa_dir, hard_weight, extended_questions, scene_turns, easy_turns)
         self.batch, self.seed = batch, seed
 
     def __iter__(self):
@@ -99,8 +102,19 @@ class Stream(torch.utils.data.IterableDataset):
             yield collate([maker.sample(rng) for _ in range(self.batch)], pad)
 
 
-def causal(layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    return attention(q, k, v, causal=True)
+class TurnAttention:
+    """Self-attention under `turn_mask`: each turn sees the shared media prefix and itself. The boolean mask
+    becomes one additive mask in the queries' dtype (bf16 under autocast) for every layer."""
+
+    def __init__(self, segments: torch.Tensor):
+        self.allowed = turn_mask(segments)  # [B, 1, S, S]
+        self.bias: torch.Tensor | None = None
+
+    def __call__(self, layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        if self.bias is None or self.bias.dtype != q.dtype:
+            self.bias = torch.zeros(self.allowed.shape, dtype=q.dtype, device=q.device).masked_fill_(
+                ~self.allowed, torch.finfo(q.dtype).min)
+        return attention(q, k, v, mask=self.bias)
 
 
 def batch_features(model, batch: dict, mean, std) -> list[torch.Tensor]:
@@ -117,9 +131,10 @@ def to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
-def loss_of(model, batch: dict, device: torch.device, mean, std) -> torch.Tensor:
-    """Mean cross-entropy over the answer tokens of a collated batch; without its `pixels` (a hand-made
-    batch) the media go through `model.media_features` one tensor at a time."""
+def answer_logits(model, batch: dict, device: torch.device, mean, std) -> tuple[torch.Tensor, torch.Tensor]:
+    """Logits [N, V] (float32) at every position whose next token is an answer token, and those tokens [N];
+    without its `pixels` (a hand-made batch) the media go through `model.media_features` one tensor at a
+    time."""
     ids, labels = batch["ids"].to(device, non_blocking=True), batch["labels"].to(device, non_blocking=True)
     if "pixels" in batch:
         feats = batch_features(model, batch, mean, std)
@@ -130,12 +145,17 @@ def loss_of(model, batch: dict, device: torch.device, mean, std) -> torch.Tensor
     x = model.language_model.model.embed_tokens(ids)
     slots = (ids == model.cfg.image_token_id) | (ids == model.cfg.video_token_id)
     x = x.masked_scatter(slots[..., None], torch.cat(feats).to(x.dtype))
-    positions = torch.arange(ids.shape[1], device=device).expand_as(ids)
-    hidden = model.language_model.model(None, positions, causal, inputs_embeds=x)  # [B, S, H]
+    positions = batch["positions"].to(device, non_blocking=True)  # each turn continues the media prefix
+    attend = TurnAttention(batch["segments"].to(device, non_blocking=True))
+    hidden = model.language_model.model(None, positions, attend, inputs_embeds=x)  # [B, S, H]
     target = labels[:, 1:]
     keep = target != -100
-    logits = model.logits(hidden[:, :-1][keep]).float()  # only the answer positions: [N, V]
-    return F.cross_entropy(logits, target[keep])
+    return model.logits(hidden[:, :-1][keep]).float(), target[keep]  # only the answer positions: [N, V]
+
+
+def loss_of(model, batch: dict, device: torch.device, mean, std) -> torch.Tensor:
+    """Mean cross-entropy over the answer tokens of a collated batch."""
+    return F.cross_entropy(*answer_logits(model, batch, device, mean, std))
 
 
 @torch.no_grad()
@@ -252,6 +272,8 @@ def from_parts(parts: Path, out: Path, shared: Path) -> None:
     if blob is None:
         raise SystemExit(f"no model.part* files in {parts}")
     write_metadata(shared / SOURCE, out)
+    if (parts / "config.json").exists():  # the trained shape (e.g. --text-head-dim), exported with the parts
+        shutil.copyfile(parts / "config.json", out / "config.json")
     (out / "model.safetensors").write_bytes(blob)
     if (parts / "training.json").exists():
         shutil.copyfile(parts / "training.json", out / "training.json")
@@ -280,6 +302,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--extended-questions", action="store_true", help="training scenes also ask where each "
                     "unique colour-shape pair is (cell, column, row): world.questions(extended=True); the "
                     "held-out check keeps the default questions")
+    ap.add_argument("--scene-turns", type=int, nargs=2, default=(6, 12), metavar=("LO", "HI"),
+                    help="independent question/answer turns per training scene (caption included), drawn "
+                    "from [LO, HI]; every turn sees the image as if it were the only one")
+    ap.add_argument("--easy-turns", type=int, nargs=2, default=(3, 6), metavar=("LO", "HI"),
+                    help="turns per easy-VQA image (it has ~10 questions on average)")
+    ap.add_argument("--text-head-dim", type=int, help="the language model's attention head width (default: "
+                    "hidden / heads = 16); transformers' Qwen2 reads `head_dim` from the config")
     ap.add_argument("--save-every-s", type=float, default=120.0)
     ap.add_argument("--export-dir", type=Path, help="also write the weights here as <= 15 MiB parts (device $OUT)")
     ap.add_argument("--from-parts", type=Path, help="no training: join exported parts into --out")
@@ -291,7 +320,10 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.manual_seed(args.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    write_metadata(args.shared / SOURCE, args.out)
+    write_metadata(args.shared / SOURCE, args.out, shrink=lambda real: demo_config(real, args.text_head_dim))
+    if args.export_dir is not None:
+        args.export_dir.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(args.out / "config.json", args.export_dir / "config.json")
     cfg = OneVisionConfig.from_dir(args.out)
     with torch.device(device):
         model = LlavaOnevisionForConditionalGeneration(cfg)
@@ -308,7 +340,7 @@ def main(argv: list[str] | None = None) -> None:
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": rest, "weight_decay": 0.0}],
                             lr=args.lr, betas=(0.9, 0.98), fused=device.type == "cuda")
     stream = Stream(args.out, args.easy_vqa_dir, args.batch, args.seed + step0,  # resumed runs see new data
-                    args.hard_weight, args.extended_questions)
+                    args.hard_weight, args.extended_questions, tuple(args.scene_turns), tuple(args.easy_turns))
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=args.workers,
                                          pin_memory=device.type == "cuda",
                                          prefetch_factor=4 if args.workers else None, persistent_workers=False)
@@ -383,7 +415,8 @@ def main(argv: list[str] | None = None) -> None:
           + ", ".join(f"{k} {v:.0%}" for k, v in acc.items()), flush=True)
     record = {"steps": step, "train_seconds": round(train_s), "schedule_seconds": round(schedule_s),
               "batch": args.batch, "lr": args.lr, "seed": args.seed, "hard_weight": args.hard_weight,
-              "extended_questions": args.extended_questions,
+              "extended_questions": args.extended_questions, "scene_turns": list(args.scene_turns),
+              "easy_turns": list(args.easy_turns), "turns": "independent (each sees the media prefix only)",
               "resumed_from": str(args.resume) if args.resume else None, "resumed_at_step": step0,
               "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
               "easy_vqa": args.easy_vqa_dir is not None, "held_out_exact_match": acc}

@@ -53,9 +53,49 @@ def test_labels_cover_only_the_answers(model_dir):
     clip = maker.clip(np.random.default_rng(1))
     assert sum(t == maker.cfg.video_token_id for t in clip.ids) == clip.media.token_counts(maker.cfg)[1]
     batch = collate([ex, clip], pad_id=0)
-    assert batch["ids"].shape == batch["labels"].shape == (2, max(len(ex.ids), len(clip.ids)))
+    length = max(len(ex.ids), len(clip.ids))
+    assert batch["ids"].shape == batch["labels"].shape == (2, length + (-length) % 16)
     assert int((batch["labels"] != -100).sum()) == len(answered) + sum(lab != -100 for lab in clip.labels)
     assert batch["media"][1].videos[0].dtype == torch.uint8
+
+
+def test_every_turn_is_the_caption_jobs_sequence(train_demo_script, tiny_dir):
+    """One example of four turns: cut out with the media prefix, each turn is exactly the single-turn prompt
+    + answer at the same positions, and under the trainer's mask its answer tokens get the logits they get
+    alone (a mask letting turns see each other would not)."""
+    maker = ExampleMaker(tiny_dir)
+    rng = np.random.default_rng(5)
+    scene = world.sample_scene(rng)
+    media, n = maker.image_media(world.render(scene))
+    turns = [(qa_prompt(q), a) for q, a in world.questions(scene, rng)[:3]] + [(CAPTION_PROMPT, world.caption(scene))]
+    packed = maker.build(turns, media, n, [], "scene")
+    singles = [maker.build([t], media, n, [], "scene") for t in turns]
+    for k, (single, (prompt, answer)) in enumerate(zip(singles, turns, strict=True), start=1):
+        assert single.ids == maker.first_prompt(prompt, n, []) + maker.tok.encode(answer) + maker.im_end
+        assert single.positions == list(range(len(single.ids)))
+        cut = [i for i, s in enumerate(packed.segments) if s in (0, k)]
+        assert [packed.ids[i] for i in cut] == single.ids and [packed.positions[i] for i in cut] == single.positions
+        assert [packed.labels[i] for i in cut] == single.labels
+
+    torch.manual_seed(0)
+    model = LlavaOnevisionForConditionalGeneration(OneVisionConfig.from_dir(tiny_dir))
+    model.language_model.reset_buffers()
+    random_init(model, 0, fuse=False)
+    pre = json.loads((tiny_dir / "preprocessor_config.json").read_text())
+    mean, std = tuple(pre["image_mean"]), tuple(pre["image_std"])
+
+    def logits(examples, leak=False):
+        batch = collate(examples, pad_id=0)
+        if leak:  # a mask that let every turn see the ones before it
+            batch["segments"] = batch["segments"].clamp(max=1)
+        return train_demo_script.answer_logits(model, batch, torch.device("cpu"), mean, std)[0]
+
+    with torch.no_grad():
+        want = torch.cat([logits([s]) for s in singles])  # answer positions in turn order, as packed
+        got, leaky = logits([packed]), logits([packed], leak=True)
+    assert got.shape == want.shape
+    err, leak = (got - want).abs().max(), (leaky - want).abs().max()
+    assert err < 1e-5 and leak > 100 * err, (err, leak)
 
 
 def test_hard_weight_one_keeps_the_examples_and_three_favours_the_weak_questions(model_dir):
@@ -165,4 +205,4 @@ def test_extended_questions_are_hard_and_reach_training_scenes(model_dir, train_
     assert "on the left, in the middle or on the right?" in asked
     stream = train_demo_script.Stream(model_dir, None, batch=2, seed=0, hard_weight=3.0, extended_questions=True)
     assert ExampleMaker(*stream.args).extended_questions and ExampleMaker(*stream.args).hard_weight == 3.0
-    assert train_demo_script.Stream(model_dir, None, batch=2, seed=0).args[2:] == (1.0, False)  # default: as before
+    assert train_demo_script.Stream(model_dir, None, batch=2, seed=0).args[2:4] == (1.0, False)  # default: as before
