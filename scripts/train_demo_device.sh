@@ -1,29 +1,23 @@
 #!/usr/bin/env bash
-# Train demo/model on one lent H200 in a single `run` call (<= 600 s), the weights coming back through $OUT.
+# Train demo/model on one lent H200 in two `run` calls (<= 600 s each), the weights coming back through $OUT.
+# The trainer's defaults are the shipped recipe (scripts/train_demo_model.py); extra arguments pass through.
 # Carry .devdata (../shared/checkpoints xz-packed as ckpt.tar.xz, and the easy-vqa wheel):
 #   mkdir -p .devdata && tar -C ../shared -cJf .devdata/ckpt.tar.xz checkpoints
 #   pip download easy-vqa==1.0 --no-deps -d .devdata        # data only: 64x64 PNGs + questions.json
-# run(kind="nvidia-h200", carry=[".devdata"], command="BUDGET=460 SCHEDULE=900 bash scripts/train_demo_device.sh")
-# then copy the returned files to .devdata/resume/ and continue the same schedule in a second call:
-# run(..., command="BUDGET=440 SCHEDULE=900 bash scripts/train_demo_device.sh --resume .devdata/resume")
+# run(kind="nvidia-h200", carry=[".devdata"], command="BUDGET=430 SCHEDULE=900 bash scripts/train_demo_device.sh")
+# A fresh machine keeps nothing, so copy the returned model.part*, progress.json and config.json to
+# .devdata/resume/ and continue the same schedule (with the 23.6 MB parts carried, move
+# demo/model/model.safetensors aside for the call: the tree + carry must stay under 64 MiB):
+# run(..., command="BUDGET=430 SCHEDULE=900 bash scripts/train_demo_device.sh --resume .devdata/resume")
 # Then, here:  python scripts/train_demo_model.py --from-parts <files_at> --out demo/model
-# Continuing the shipped weights (the run tree includes demo/model; with no progress.json there, --resume
-# takes steps 7189 / 901 s from its training.json, so a 1800 s schedule restarts mid-cosine after a
-# 100-step warm-up; --hard-weight 3 favours the weak "Where is"/"How many" questions, and
-# --extended-questions adds cell/column/row questions about each unique colour-shape pair to the training
-# scenes: with both, ~49% of scene question turns ask a position instead of ~12%; the held-out
-# checks keep the default questions):
-# run(kind="nvidia-h200", carry=[".devdata"], timeout_s=600, command="BUDGET=450 SCHEDULE=1800 \
-#     bash scripts/train_demo_device.sh --resume demo/model --hard-weight 3 --extended-questions")
-# copy the returned model.part* and progress.json to .devdata/resume/ (replacing the old ones), then:
-# run(..., command="BUDGET=450 SCHEDULE=1800 \
-#     bash scripts/train_demo_device.sh --resume .devdata/resume --hard-weight 3 --extended-questions")
+# The shipped weights ran so (2026-12-01), on GPU 1 of an nvidia-h200-x2 while GPU 0 trained the same recipe
+# with --text-head-dim 0 for comparison (demo/model/README.md).
 # Every --log-every line splits the step: data wait, h2d/fwd/bwd/opt on the GPU timeline (CUDA events, no
 # extra syncs), the host's issue time per phase, and examples/s.
 # PROFILE=1 first profiles 3 steps ($OUT/profile.log).
 # $OUT gets model.part0/1 (<= 15 MiB each: the device returns files of at most 16 MiB, and the tied
-# embedding alone is 19.5 MB), progress.json, training.json and train.log; parts are rewritten every
-# --save-every-s, so a call cut short still returns the last checkpoint.
+# embedding alone is 19.5 MB), progress.json, config.json, training.json and train.log; parts are rewritten
+# every --save-every-s, so a call cut short still returns the last checkpoint.
 set -euo pipefail
 R=$(cd "$(dirname "$0")/.." && pwd)
 mkdir -p /tmp/vshared /tmp/evqa

@@ -9,17 +9,21 @@ safetensors file stays under 25 MB (the 152k-row tied embedding is most of it). 
 `models/onevision` modules with autograd on examples from demo/examples.py (procedural scenes and clips from
 demo/world.py, plus the easy-VQA training split when its data directory is given), loss on assistant
 tokens only, AdamW with a warm-up and a cosine schedule over the time budget, bf16 autocast on CUDA.
+Each training example is one image or clip with many independent question/answer turns (demo/examples.py:
+every turn attends to the media prefix and itself only, positions restarting after the prefix), so one
+vision pass trains 12-20 answers exactly as the caption job asks them one at a time.
 Prints a progress line every `--log-every` steps (loss, lr, where the step time goes: data wait, then
 h2d/fwd/bwd/opt from CUDA events, and examples/s) and a held-out exact-match table at the end (scenes from
 seeds never trained on, greedy), then writes the checkpoint. `--hard-weight` favours the weak question
-templates; `--extended-questions` adds position questions (cell, column, row of each unique colour-shape
-pair) to the training scenes only; `--resume demo/model` continues the shipped weights' schedule (from its
-training.json).
+templates; `--extended-questions` (default on) adds position questions (cell, column, row of each unique
+colour-shape pair) to the training scenes only; `--resume DIR` continues a run's schedule from its
+progress.json (or a finished checkpoint's training.json).
 
-The shipped weights (2026-11-30, one H200, 14 data workers, batch 48, lr 3e-3, a 900 s schedule run as two
-450 s calls, the second with --resume): 7,189 steps, loss 0.21; through jobs/caption.py on held-out scenes
-67.6% exact match (positions 16% are the weak skill), easy-VQA test 86.9%. The issue's 95% needs a better
-recipe or more steps; demo/model/README.md has the details.
+The defaults are the shipped weights' recipe (2026-12-01, one H200 per run, 14 data workers, batch 48, lr 3e-3,
+12-20 turns per scene, text head_dim 32, a 900 s schedule run as two 430 s device calls, the second with
+--resume): 6,064 steps in 862 s, loss 0.15; through jobs/caption.py on held-out scenes 78.0% exact match
+(the previous recipe, 6-12 turns that saw each other and head_dim 16: 67.6%). The issue's 95% is not reached;
+demo/model/README.md has the details.
 """
 
 from __future__ import annotations
@@ -299,16 +303,16 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--hard-weight", type=float, default=1.0, help="relative weight of the weak question "
                     "templates (demo.examples.is_hard) when a scene's questions are picked; 1: uniform")
-    ap.add_argument("--extended-questions", action="store_true", help="training scenes also ask where each "
-                    "unique colour-shape pair is (cell, column, row): world.questions(extended=True); the "
-                    "held-out check keeps the default questions")
-    ap.add_argument("--scene-turns", type=int, nargs=2, default=(6, 12), metavar=("LO", "HI"),
+    ap.add_argument("--extended-questions", action=argparse.BooleanOptionalAction, default=True,
+                    help="training scenes also ask where each unique colour-shape pair is (cell, column, row): "
+                    "world.questions(extended=True); the held-out checks keep the default questions")
+    ap.add_argument("--scene-turns", type=int, nargs=2, default=(12, 20), metavar=("LO", "HI"),
                     help="independent question/answer turns per training scene (caption included), drawn "
                     "from [LO, HI]; every turn sees the image as if it were the only one")
-    ap.add_argument("--easy-turns", type=int, nargs=2, default=(3, 6), metavar=("LO", "HI"),
+    ap.add_argument("--easy-turns", type=int, nargs=2, default=(4, 10), metavar=("LO", "HI"),
                     help="turns per easy-VQA image (it has ~10 questions on average)")
-    ap.add_argument("--text-head-dim", type=int, help="the language model's attention head width (default: "
-                    "hidden / heads = 16); transformers' Qwen2 reads `head_dim` from the config")
+    ap.add_argument("--text-head-dim", type=int, default=32, help="the language model's attention head width "
+                    "(0: hidden / heads = 16); transformers' Qwen2 reads `head_dim` from the config")
     ap.add_argument("--save-every-s", type=float, default=120.0)
     ap.add_argument("--export-dir", type=Path, help="also write the weights here as <= 15 MiB parts (device $OUT)")
     ap.add_argument("--from-parts", type=Path, help="no training: join exported parts into --out")
