@@ -1,8 +1,8 @@
 """Build an `Engine` for a checkpoint directory: model, runner sized to memory, tokenizer, stop ids.
 
 KV slots: on the GPU, `(total * gpu_memory_utilization - used after loading - activation_reserve) /
-bytes per slot`, capped by `max_num_seqs`; on the CPU, `max_num_seqs`. Which runner is used follows
-`config.json`'s `architectures[0]`.
+bytes per slot`; on the CPU, `cpu_kv_cache_gb / bytes per slot`; either capped by `max_num_seqs`. Which
+runner is used follows `config.json`'s `architectures[0]`.
 """
 
 from __future__ import annotations
@@ -33,7 +33,12 @@ def default_stop_ids(ckpt_dir: Path) -> tuple[int, ...]:
 
 def plan_slots(slot_bytes: int, config: EngineConfig, device: torch.device) -> int:
     if device.type != "cuda":
-        return config.max_num_seqs
+        slots = min(config.max_num_seqs, int(config.cpu_kv_cache_gb * 2**30 // slot_bytes))
+        if slots < 1:
+            raise RuntimeError(f"no room for a single KV slot ({slot_bytes / 2**30:.2f} GiB each) in the CPU KV "
+                               f"budget of {config.cpu_kv_cache_gb} GiB; lower max_model_len")
+        log.info("KV cache (CPU): %d slots x %.1f MiB", slots, slot_bytes / 2**20)
+        return slots
     torch.cuda.empty_cache()
     free, total = torch.cuda.mem_get_info(device)
     budget = total * config.gpu_memory_utilization - (total - free) - config.activation_reserve_gb * 2**30

@@ -14,6 +14,10 @@ class EngineConfig:
     max_prefill_requests: int = 32  # also bounds the vision encoder's batch
     gpu_memory_utilization: float = 0.90
     activation_reserve_gb: float = 8.0  # kept free for prefill/vision activations when sizing the KV cache
+    # On the CPU there is no free-memory probe to size against: the KV cache stays within this many GiB
+    # (slots = min(max_num_seqs, this / bytes per slot)). OneVision's default max_model_len (~10k tokens)
+    # at 256 slots would otherwise commit ~8 GiB of zeros for the 12M-parameter demo model.
+    cpu_kv_cache_gb: float = 2.0
     cuda_graphs: bool = True
     dtype: str = "bfloat16"
     # While sequences are decoding, admit only as many requests per step as the measured prefill cost fits
@@ -28,5 +32,7 @@ class EngineConfig:
                      "max_prefill_requests"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        if not self.cpu_kv_cache_gb > 0:
+            raise ValueError("cpu_kv_cache_gb must be > 0")
         if self.max_decode_stall_ms is not None and self.max_decode_stall_ms <= 0:
             raise ValueError("max_decode_stall_ms must be > 0 (or None)")
