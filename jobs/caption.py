@@ -72,7 +72,8 @@ def parser() -> argparse.ArgumentParser:
     rt.add_argument("--max-model-len", type=int, help="prompt + generated tokens per sequence; default: the "
                     "largest prompt the model's processor makes for one image/video (at --num-frames) + the prompt "
                     "+ --max-new-tokens, capped by the model's positions")
-    rt.add_argument("--max-num-seqs", type=int, help="max concurrent sequences per replica, default 256")
+    rt.add_argument("--max-num-seqs", type=int, help="max concurrent sequences per replica, default 256 (fewer when "
+                    "the KV cache does not fit: GPU memory, or 2 GiB on a CPU)")
     rt.add_argument("--gpu-memory-utilization", type=float, help="fraction of GPU memory to use, default 0.9")
     rt.add_argument("--no-cuda-graphs", dest="cuda_graphs", action="store_const", const=False,
                     help="run the decode step eagerly (debugging; slower)")
