@@ -29,6 +29,7 @@ from ops.sampling import SamplingParams
 from pipeline.engine.config import EngineConfig
 from pipeline.engine.request import Completion, Request
 from pipeline.job_config import JobConfig
+from pipeline.kept import kept_columns
 from pipeline.media_codec import codec_for
 from pipeline.metrics import StageMetrics
 
@@ -208,7 +209,7 @@ class GenerateStage:
             prompt = [int(t) for t in batch["prompt_ids"][i]]
             futures.append(self.engine.submit(Request(str(ids[i]), prompt, media, self.sampling)))
         results: list[Completion | None] = [f.result() if f is not None else None for f in futures]
-        out = {k: batch[k] for k in batch if k in ("id", "error", "num_prompt_tokens") or k.startswith("keep__")}
+        out = kept_columns(batch, also=("id", "error", "num_prompt_tokens"))
         out["text"] = np.array([r.text if r else None for r in results], dtype=object)
         out["finish_reason"] = np.array([r.finish_reason if r else "error" for r in results], dtype=object)
         out["error"] = np.array([r.error if r else batch["error"][i] for i, r in enumerate(results)], dtype=object)

@@ -20,6 +20,7 @@ from models.errors import InputError
 from pipeline.context_len import resolve_max_model_len
 from pipeline.isolation import IsolatedWorker, WorkerCrashed, WorkerTimeout
 from pipeline.job_config import JobConfig
+from pipeline.kept import kept_columns
 from pipeline.media_codec import codec_for, prepare_row
 from pipeline.metrics import StageMetrics
 from pipeline.model_cache import local_model_dir
@@ -40,7 +41,7 @@ class PreprocessStage:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         t0 = time.perf_counter()
         n = len(batch["id"])
-        out = {k: batch[k] for k in batch if k == "id" or k.startswith("keep__")}
+        out = kept_columns(batch)
         prompt_ids, packed, errors, n_prompt = [], [], [], []
         for i in range(n):
             row = {k: _cell(batch[k][i], k) for k in batch if not k.startswith("keep__")}
