@@ -196,8 +196,13 @@ def collate(examples: list[Example], pad_id: int) -> dict:
         labels[b, : len(e.labels)] = torch.tensor(e.labels)
         segments[b, : len(e.ids)] = torch.tensor(e.segments)
         positions[b, : len(e.ids)] = torch.tensor(e.positions)
+    # where the loss is, worked out here so the trainer needs no host sync to find it: rows of the flattened
+    # [B * (S - 1)] positions whose next token is an answer token, and those tokens
+    target = labels[:, 1:]
+    answer_at = (target != -100).flatten().nonzero().squeeze(1)
     return {"ids": ids, "labels": labels, "segments": segments, "positions": positions, "media": media,
-            "pixels": pixels, "pixel_splits": splits, "kinds": [e.kind for e in examples]}
+            "pixels": pixels, "pixel_splits": splits, "kinds": [e.kind for e in examples],
+            "answer_at": answer_at, "answer_tokens": target.flatten()[answer_at]}
 
 
 def turn_mask(segments: torch.Tensor) -> torch.Tensor:

@@ -139,7 +139,7 @@ def answer_logits(model, batch: dict, device: torch.device, mean, std) -> tuple[
     """Logits [N, V] (float32) at every position whose next token is an answer token, and those tokens [N];
     without its `pixels` (a hand-made batch) the media go through `model.media_features` one tensor at a
     time."""
-    ids, labels = batch["ids"].to(device, non_blocking=True), batch["labels"].to(device, non_blocking=True)
+    ids = batch["ids"].to(device, non_blocking=True)
     if "pixels" in batch:
         feats = batch_features(model, batch, mean, std)
     else:
@@ -152,9 +152,10 @@ def answer_logits(model, batch: dict, device: torch.device, mean, std) -> tuple[
     positions = batch["positions"].to(device, non_blocking=True)  # each turn continues the media prefix
     attend = TurnAttention(batch["segments"].to(device, non_blocking=True))
     hidden = model.language_model.model(None, positions, attend, inputs_embeds=x)  # [B, S, H]
-    target = labels[:, 1:]
-    keep = target != -100
-    return model.logits(hidden[:, :-1][keep]).float(), target[keep]  # only the answer positions: [N, V]
+    # only the answer positions, by collate's index (a boolean mask here would wait for the GPU): [N, V]
+    flat = hidden[:, :-1].reshape(-1, hidden.shape[-1])  # [B * (S - 1), H]
+    at = batch["answer_at"].to(device, non_blocking=True)
+    return model.logits(flat.index_select(0, at)).float(), batch["answer_tokens"].to(device, non_blocking=True)
 
 
 def loss_of(model, batch: dict, device: torch.device, mean, std) -> torch.Tensor:
