@@ -8,7 +8,7 @@ Contract:
   shared prefix (the prompt up to its last media placeholder, expanded to the processor's feature count) and
   then each turn's rest of the prompt + answer. `segments` says which is which (0: the prefix, k: turn k) and
   `positions` restart after the prefix for every turn, so a trainer that lets a turn attend only to the prefix
-  and to itself (`turn_mask`) computes for every turn exactly what single-turn inference computes: one
+  and to itself (demo/turn_attention.py) computes for every turn exactly what single-turn inference computes: one
   vision pass trains many independent answers (`turns=1` is the caption job's sequence itself).
 - `labels` is -100 everywhere except the answer tokens and their `<|im_end|>` (loss on assistant tokens only).
 - Media are what `OneVisionCodec` hands the engine: anyres uint8 crops + the original size for an image,
@@ -28,6 +28,7 @@ import torch
 from PIL import Image
 
 from demo import world
+from demo.turn_attention import turn_index
 from models.chat_template import ChatTemplate, user_turn
 from models.onevision.config import OneVisionConfig
 from models.onevision.image_processor import OneVisionImageProcessor
@@ -202,14 +203,5 @@ def collate(examples: list[Example], pad_id: int) -> dict:
     answer_at = (target != -100).flatten().nonzero().squeeze(1)
     return {"ids": ids, "labels": labels, "segments": segments, "positions": positions, "media": media,
             "pixels": pixels, "pixel_splits": splits, "kinds": [e.kind for e in examples],
-            "answer_at": answer_at, "answer_tokens": target.flatten()[answer_at]}
+            "answer_at": answer_at, "answer_tokens": target.flatten()[answer_at], **turn_index(segments)}
 
-
-def turn_mask(segments: torch.Tensor) -> torch.Tensor:
-    """[B, 1, S, S] boolean attention mask for collated `segments` [B, S]: causal, and a token of turn k sees
-    only the prefix (segment 0) and turn k, so every turn is computed as if it were the only one. Padding
-    (-1) sees the prefix and itself: never all-masked, never seen by a real token."""
-    s = segments.shape[1]
-    causal = torch.ones(s, s, dtype=torch.bool, device=segments.device).tril()
-    keys, queries = segments[:, None, :], segments[:, :, None]
-    return (((keys == 0) | (keys == queries)) & causal)[:, None]

@@ -46,13 +46,13 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from demo import world  # noqa: E402
-from demo.examples import CAPTION_PROMPT, ExampleMaker, collate, qa_prompt, turn_mask  # noqa: E402
+from demo.examples import CAPTION_PROMPT, ExampleMaker, collate, qa_prompt  # noqa: E402
 from demo.heldout import HELD_OUT_SEED  # noqa: E402
+from demo.turn_attention import TURN_ATTENTION, MaskedTurnAttention  # noqa: E402
 from models.generate import greedy_generate  # noqa: E402
 from models.onevision.config import OneVisionConfig  # noqa: E402
 from models.onevision.model import LlavaOnevisionForConditionalGeneration  # noqa: E402
 from models.random_weights import random_init  # noqa: E402
-from ops.attention import attention  # noqa: E402
 
 SOURCE = "llava-onevision-qwen2-0.5b-ov-hf"
 # tokenizer.json is all our Tokenizer reads; vocab.json/merges.txt stay out
@@ -106,21 +106,6 @@ class Stream(torch.utils.data.IterableDataset):
             yield collate([maker.sample(rng) for _ in range(self.batch)], pad)
 
 
-class TurnAttention:
-    """Self-attention under `turn_mask`: each turn sees the shared media prefix and itself. The boolean mask
-    becomes one additive mask in the queries' dtype (bf16 under autocast) for every layer."""
-
-    def __init__(self, segments: torch.Tensor):
-        self.allowed = turn_mask(segments)  # [B, 1, S, S]
-        self.bias: torch.Tensor | None = None
-
-    def __call__(self, layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        if self.bias is None or self.bias.dtype != q.dtype:
-            self.bias = torch.zeros(self.allowed.shape, dtype=q.dtype, device=q.device).masked_fill_(
-                ~self.allowed, torch.finfo(q.dtype).min)
-        return attention(q, k, v, mask=self.bias)
-
-
 def batch_features(model, batch: dict, mean, std) -> list[torch.Tensor]:
     """`model.media_features(batch["media"])` from collate's one concatenated uint8 `pixels` tensor: one
     (pinned) copy, one normalisation and one SigLIP call for the batch, then the same per-example packing,
@@ -135,10 +120,11 @@ def to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
 
 
-def answer_logits(model, batch: dict, device: torch.device, mean, std) -> tuple[torch.Tensor, torch.Tensor]:
+def answer_logits(model, batch: dict, device: torch.device, mean, std,
+                  turn_attention=MaskedTurnAttention) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits [N, V] (float32) at every position whose next token is an answer token, and those tokens [N];
     without its `pixels` (a hand-made batch) the media go through `model.media_features` one tensor at a
-    time."""
+    time. `turn_attention`: a demo/turn_attention.py class (both compute the same)."""
     ids = batch["ids"].to(device, non_blocking=True)
     if "pixels" in batch:
         feats = batch_features(model, batch, mean, std)
@@ -150,7 +136,7 @@ def answer_logits(model, batch: dict, device: torch.device, mean, std) -> tuple[
     slots = (ids == model.cfg.image_token_id) | (ids == model.cfg.video_token_id)
     x = x.masked_scatter(slots[..., None], torch.cat(feats).to(x.dtype))
     positions = batch["positions"].to(device, non_blocking=True)  # each turn continues the media prefix
-    attend = TurnAttention(batch["segments"].to(device, non_blocking=True))
+    attend = turn_attention(batch, device)
     hidden = model.language_model.model(None, positions, attend, inputs_embeds=x)  # [B, S, H]
     # only the answer positions, by collate's index (a boolean mask here would wait for the GPU): [N, V]
     flat = hidden[:, :-1].reshape(-1, hidden.shape[-1])  # [B * (S - 1), H]
@@ -158,9 +144,9 @@ def answer_logits(model, batch: dict, device: torch.device, mean, std) -> tuple[
     return model.logits(flat.index_select(0, at)).float(), batch["answer_tokens"].to(device, non_blocking=True)
 
 
-def loss_of(model, batch: dict, device: torch.device, mean, std) -> torch.Tensor:
+def loss_of(model, batch: dict, device: torch.device, mean, std, turn_attention=MaskedTurnAttention) -> torch.Tensor:
     """Mean cross-entropy over the answer tokens of a collated batch."""
-    return F.cross_entropy(*answer_logits(model, batch, device, mean, std))
+    return F.cross_entropy(*answer_logits(model, batch, device, mean, std, turn_attention))
 
 
 @torch.no_grad()
@@ -314,6 +300,10 @@ def main(argv: list[str] | None = None) -> None:
                     help="turns per easy-VQA image (it has ~10 questions on average)")
     ap.add_argument("--text-head-dim", type=int, default=32, help="the language model's attention head width "
                     "(0: hidden / heads = 16); transformers' Qwen2 reads `head_dim` from the config")
+    ap.add_argument("--turn-attention", choices=sorted(TURN_ATTENTION), default="masked",
+                    help="masked: one [S, S] mask for every query (the shipped weights' run); split: causal "
+                    "attention for all rows, the mask only for turn rows (same result; its speed on a GPU "
+                    "is not measured yet)")
     ap.add_argument("--save-every-s", type=float, default=120.0)
     ap.add_argument("--export-dir", type=Path, help="also write the weights here as <= 15 MiB parts (device $OUT)")
     ap.add_argument("--from-parts", type=Path, help="no training: join exported parts into --out")
@@ -389,7 +379,7 @@ def main(argv: list[str] | None = None) -> None:
         clock.edge(1)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"), \
                 sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]):
-            loss = loss_of(model, batch, device, mean, std)
+            loss = loss_of(model, batch, device, mean, std, TURN_ATTENTION[args.turn_attention])
         clock.edge(2)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -422,6 +412,7 @@ def main(argv: list[str] | None = None) -> None:
               "batch": args.batch, "lr": args.lr, "seed": args.seed, "hard_weight": args.hard_weight,
               "extended_questions": args.extended_questions, "scene_turns": list(args.scene_turns),
               "easy_turns": list(args.easy_turns), "turns": "independent (each sees the media prefix only)",
+              "turn_attention": args.turn_attention,
               "resumed_from": str(args.resume) if args.resume else None, "resumed_at_step": step0,
               "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
               "easy_vqa": args.easy_vqa_dir is not None, "held_out_exact_match": acc}

@@ -2,6 +2,7 @@
 loss sees only the answers; hard question templates can be favoured; collate's one pixel tensor feeds the
 trainer exactly as the per-example media would."""
 
+import dataclasses
 import io
 import json
 import shutil
@@ -12,6 +13,7 @@ import torch
 
 from demo import world
 from demo.examples import CAPTION_PROMPT, HARD_QUESTIONS, ExampleMaker, collate, is_hard, qa_prompt
+from demo.turn_attention import TURN_ATTENTION
 from models.onevision.config import OneVisionConfig
 from models.onevision.model import LlavaOnevisionForConditionalGeneration
 from models.random_weights import random_init
@@ -59,10 +61,12 @@ def test_labels_cover_only_the_answers(model_dir):
     assert batch["media"][1].videos[0].dtype == torch.uint8
 
 
-def test_every_turn_is_the_caption_jobs_sequence(train_demo_script, tiny_dir):
+@pytest.mark.parametrize("kind", sorted(TURN_ATTENTION))
+def test_every_turn_is_the_caption_jobs_sequence(train_demo_script, tiny_dir, kind):
     """One example of four turns: cut out with the media prefix, each turn is exactly the single-turn prompt
-    + answer at the same positions, and under the trainer's mask its answer tokens get the logits they get
-    alone (a mask letting turns see each other would not)."""
+    + answer at the same positions, and under either turn attention its answer tokens get the logits they get
+    alone (a mask letting turns see each other would not). Two packed examples in one batch: the split
+    attention's [B, Tmax] slots are then partly empty in one row."""
     maker = ExampleMaker(tiny_dir)
     rng = np.random.default_rng(5)
     scene = world.sample_scene(rng)
@@ -84,18 +88,41 @@ def test_every_turn_is_the_caption_jobs_sequence(train_demo_script, tiny_dir):
     pre = json.loads((tiny_dir / "preprocessor_config.json").read_text())
     mean, std = tuple(pre["image_mean"]), tuple(pre["image_std"])
 
+    short = maker.build(turns[1:3], media, n, [], "scene")  # a second, shorter row: padding and empty slots
+
     def logits(examples, leak=False):
+        if leak:  # one segment for all turns: every turn sees the ones before it
+            examples = [dataclasses.replace(e, segments=[min(x, 1) for x in e.segments]) for e in examples]
         batch = collate(examples, pad_id=0)
-        if leak:  # a mask that let every turn see the ones before it
-            batch["segments"] = batch["segments"].clamp(max=1)
-        return train_demo_script.answer_logits(model, batch, torch.device("cpu"), mean, std)[0]
+        return train_demo_script.answer_logits(model, batch, torch.device("cpu"), mean, std, TURN_ATTENTION[kind])[0]
 
     with torch.no_grad():
-        want = torch.cat([logits([s]) for s in singles])  # answer positions in turn order, as packed
-        got, leaky = logits([packed]), logits([packed], leak=True)
+        want = torch.cat([logits([s]) for s in (*singles, singles[1], singles[2])])  # in packed order
+        got, leaky = logits([packed, short]), logits([packed, short], leak=True)
     assert got.shape == want.shape
     err, leak = (got - want).abs().max(), (leaky - want).abs().max()
     assert err < 1e-5 and leak > 100 * err, (err, leak)
+
+
+def test_split_turn_attention_trains_like_the_masked_one(train_demo_script, tiny_dir):
+    """The same loss and gradients from both turn attentions on a mixed batch (scenes, a clip, easy turns)."""
+    torch.manual_seed(0)
+    model = LlavaOnevisionForConditionalGeneration(OneVisionConfig.from_dir(tiny_dir))
+    model.language_model.reset_buffers()
+    random_init(model, 0, fuse=False)
+    maker = ExampleMaker(tiny_dir, scene_turns=(6, 10))
+    rng = np.random.default_rng(1)
+    batch = collate([maker.sample(rng) for _ in range(3)] + [maker.clip(rng)], pad_id=0)
+    pre = json.loads((tiny_dir / "preprocessor_config.json").read_text())
+    mean, std = tuple(pre["image_mean"]), tuple(pre["image_std"])
+    results = {}
+    for kind, cls in TURN_ATTENTION.items():
+        model.zero_grad()
+        loss = train_demo_script.loss_of(model, batch, torch.device("cpu"), mean, std, cls)
+        loss.backward()
+        results[kind] = loss.detach(), torch.cat([p.grad.flatten() for p in model.parameters() if p.grad is not None])
+    assert torch.allclose(results["masked"][0], results["split"][0], rtol=1e-6)
+    assert torch.allclose(results["masked"][1], results["split"][1], rtol=1e-4, atol=1e-4)
 
 
 def test_hard_weight_one_keeps_the_examples_and_three_favours_the_weak_questions(model_dir):
