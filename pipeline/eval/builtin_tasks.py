@@ -46,5 +46,6 @@ BUILTIN_TASKS: dict[str, TaskSpec] = {
         description="COCO captions (lmms-lab/COCO-Caption2017 val layout)"),
     "easy_vqa": TaskSpec(
         name="easy_vqa", metrics=("exact_match",), id_column="id", answers_column="answer",
-        description="easy-vqa (PyPI package data, converted by python -m pipeline.eval.easy_vqa)"),
+        description="easy-vqa (PyPI package data); make its Parquet with `python -m pipeline.eval.easy_vqa "
+                    "easy_vqa_test.parquet` (pip install easy-vqa)"),
 }

@@ -45,7 +45,8 @@ class Prepared:
 def source_files(task: TaskSpec) -> tuple[fsspec.AbstractFileSystem, list[str], str]:
     """(filesystem, files, format) of the task's input."""
     if not task.input:
-        raise ValueError(f"task {task.name}: no input given (set `input:` on the task in the sweep)")
+        about = f" The task: {task.description}." if task.description else ""
+        raise ValueError(f"task {task.name}: no input given (set `input:` on the task in the sweep).{about}")
     fmt = task.format
     if fmt == "auto":
         fmt = "jsonl" if re.search(r"\.jsonl?$", task.input) else "parquet"
