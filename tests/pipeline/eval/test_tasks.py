@@ -121,5 +121,5 @@ def test_easy_vqa_converter_feeds_the_builtin_task(tmp_path):
     got = pq.read_table(prepared.uri + "/data.parquet").to_pylist()
     assert got[0]["answers"] == ["triangle"]
     assert got[0]["prompt__default"] == "what is the red shape?\nAnswer the question using a single word or phrase."
-    with pytest.raises(ValueError, match=r"no input given .* python -m pipeline\.eval\.easy_vqa"):
+    with pytest.raises(ValueError, match=r"no input given .*python -m pipeline\.eval\.easy_vqa"):
         prepare_task(BUILTIN_TASKS["easy_vqa"], {"default": task}, str(tmp_path / "out"))  # says how to make one
