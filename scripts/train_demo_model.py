@@ -39,13 +39,13 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
-from safetensors.torch import save_file
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from demo import world  # noqa: E402
+from demo.checkpoint import SOURCE, demo_config, from_parts, load_weights, save, write_metadata  # noqa: E402
 from demo.examples import CAPTION_PROMPT, ExampleMaker, collate, qa_prompt  # noqa: E402
 from demo.heldout import HELD_OUT_SEED  # noqa: E402
 from demo.turn_attention import TURN_ATTENTION, MaskedTurnAttention  # noqa: E402
@@ -54,40 +54,7 @@ from models.onevision.config import OneVisionConfig  # noqa: E402
 from models.onevision.model import LlavaOnevisionForConditionalGeneration  # noqa: E402
 from models.random_weights import random_init  # noqa: E402
 
-SOURCE = "llava-onevision-qwen2-0.5b-ov-hf"
-# tokenizer.json is all our Tokenizer reads; vocab.json/merges.txt stay out
-COPIED = ("added_tokens.json", "chat_template.json", "generation_config.json", "preprocessor_config.json",
-          "processor_config.json", "special_tokens_map.json", "tokenizer.json", "tokenizer_config.json")
-PART_BYTES = 15 * 2**20
 PHASES = ("h2d", "fwd", "bwd", "opt")  # a step after its batch arrives, each phase ending at one clock edge
-
-
-def demo_config(real: dict, head_dim: int | None = None) -> dict:
-    # hidden 64 is what the 25 MB budget allows next to the 152k-row embedding (19.5 MB); depth, MLP width
-    # and attention head width are nearly free in bytes, so they carry the capacity
-    text = dict(real["text_config"], hidden_size=64, intermediate_size=512, num_hidden_layers=6,
-                num_attention_heads=4, num_key_value_heads=2, max_window_layers=6, tie_word_embeddings=True)
-    if head_dim:
-        text["head_dim"] = head_dim
-    vision = dict(real["vision_config"], hidden_size=128, intermediate_size=512, num_hidden_layers=6,
-                  num_attention_heads=4)
-    return dict(real, text_config=text, vision_config=vision, _name_or_path="vlmcap-demo-onevision",
-                torch_dtype="bfloat16")
-
-
-def write_metadata(src: Path, out: Path, shrink=demo_config) -> None:
-    """`out/config.json` = `shrink(src's config)`; tokenizer, template and processor files copied from `src`."""
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.json").write_text(json.dumps(shrink(json.loads((src / "config.json").read_text())), indent=2))
-    for name in COPIED:  # copyfile: contents only, not the read-only permissions of ../shared
-        shutil.copyfile(src / name, out / name)
-    # the same tokenizer without its indentation: 4.8 MB instead of 7.0 (every device run carries the tree)
-    tokenizer = json.loads((src / "tokenizer.json").read_text(encoding="utf-8"))
-    (out / "tokenizer.json").write_text(json.dumps(tokenizer, ensure_ascii=False, separators=(",", ":")),
-                                        encoding="utf-8")
-    (out / "video_processor").mkdir(exist_ok=True)
-    for f in (src / "video_processor").iterdir():
-        shutil.copyfile(f, out / "video_processor" / f.name)
 
 
 class Stream(torch.utils.data.IterableDataset):
@@ -168,49 +135,6 @@ def held_out(model, maker: ExampleMaker, n_scenes: int, device: torch.device, me
     return {k: sum(v) / len(v) for k, v in sorted(hits.items())}
 
 
-def save(model, out: Path, export_dir: Path | None, progress: dict) -> None:
-    """bf16 weights (tied lm_head left out, as the hub's 0.5B) to `out/model.safetensors`, atomically; with
-    `export_dir`, also as <= 15 MiB parts (the device returns files of at most 16 MiB; the embedding alone
-    is 19.5 MB, so safetensors shards cannot do it): join them with `--from-parts`."""
-    tied = set(model.tied_weights)
-    state = {k: v.detach().to(torch.bfloat16).contiguous().cpu() for k, v in model.state_dict().items()
-             if k not in tied}
-    tmp = out / "model.safetensors.tmp"
-    save_file(state, tmp, metadata={"format": "pt"})
-    tmp.replace(out / "model.safetensors")
-    if export_dir is not None:
-        export_dir.mkdir(parents=True, exist_ok=True)
-        blob = (out / "model.safetensors").read_bytes()
-        for i in range(0, len(blob), PART_BYTES):
-            (export_dir / f"model.part{i // PART_BYTES}").write_bytes(blob[i: i + PART_BYTES])
-        (export_dir / "progress.json").write_text(json.dumps(progress))
-
-
-def joined_parts(parts: Path) -> bytes | None:
-    """The safetensors bytes that `save` exported as model.part0, model.part1, ... (None: no parts)."""
-    files = sorted(parts.glob("model.part*"), key=lambda p: int(p.name.removeprefix("model.part")))
-    return b"".join(p.read_bytes() for p in files) if files else None
-
-
-def load_weights(model, src: Path) -> dict:
-    """Weights from `src` (a checkpoint dir or exported parts) into `model`; returns its progress record."""
-    from safetensors.torch import load
-
-    blob = joined_parts(src) or (src / "model.safetensors").read_bytes()
-    missing, unexpected = model.load_state_dict(load(blob), strict=False)
-    if unexpected or set(missing) - set(model.tied_weights):
-        raise SystemExit(f"{src}: weights do not match the model: missing {missing}, unexpected {unexpected}")
-    progress = src / "progress.json"
-    if progress.exists():
-        return json.loads(progress.read_text())
-    # a finished checkpoint (demo/model as shipped) has only its training.json: continue its schedule
-    record = src / "training.json"
-    if record.exists():
-        done = json.loads(record.read_text())
-        return {"steps": int(done["steps"]), "elapsed_s": float(done["train_seconds"])}
-    return {}
-
-
 class StepClock:
     """Where a training step's time goes, averaged over a log window, with no extra host syncs.
 
@@ -256,19 +180,6 @@ class StepClock:
         issue = f"; host issue {issued}" if self.cuda else ""
         return (f"{self.total / n * 1e3:.0f} ms/step ({', '.join(ms)}{issue}), "
                 f"{batch * self.steps / self.total:.0f} ex/s")
-
-
-def from_parts(parts: Path, out: Path, shared: Path) -> None:
-    blob = joined_parts(parts)
-    if blob is None:
-        raise SystemExit(f"no model.part* files in {parts}")
-    write_metadata(shared / SOURCE, out)
-    if (parts / "config.json").exists():  # the trained shape (e.g. --text-head-dim), exported with the parts
-        shutil.copyfile(parts / "config.json", out / "config.json")
-    (out / "model.safetensors").write_bytes(blob)
-    if (parts / "training.json").exists():
-        shutil.copyfile(parts / "training.json", out / "training.json")
-    print(f"[train] joined {len(blob) / 2**20:.1f} MiB of parts into {out / 'model.safetensors'}")
 
 
 def main(argv: list[str] | None = None) -> None:
