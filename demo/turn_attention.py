@@ -18,31 +18,39 @@ import torch
 from ops.attention import attention
 
 
-def turn_mask(segments: torch.Tensor) -> torch.Tensor:
-    """[B, 1, S, S] boolean attention mask for collated `segments` [B, S]: causal, and a token of turn k sees
-    only the prefix (segment 0) and turn k. Padding (-1) sees the prefix and itself: never all-masked,
-    never seen by a real token."""
+def visible_keys(segments: torch.Tensor, query_segment: torch.Tensor, query_position: torch.Tensor) -> torch.Tensor:
+    """[B, 1, Q, S] boolean mask: key j is visible to a query of segment g at sequence position p when j <= p
+    and the key is in the prefix (segment 0) or in segment g. `segments` [B, S]; queries [B, Q]."""
     s = segments.shape[1]
-    causal = torch.ones(s, s, dtype=torch.bool, device=segments.device).tril()
-    keys, queries = segments[:, None, :], segments[:, :, None]
-    return (((keys == 0) | (keys == queries)) & causal)[:, None]
+    before = torch.arange(s, device=segments.device)[None, None, :] <= query_position[:, :, None]
+    keys = segments[:, None, :]
+    return (((keys == 0) | (keys == query_segment[:, :, None])) & before)[:, None]
 
 
-def additive(allowed: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
-    """A boolean mask as SDPA's additive one in the queries' dtype (finfo.min, never -inf)."""
-    return torch.zeros(allowed.shape, dtype=dtype, device=allowed.device).masked_fill_(~allowed,
-                                                                                       torch.finfo(dtype).min)
+class AdditiveMask:
+    """A boolean mask as SDPA's additive one (finfo.min, never -inf), built once in the queries' dtype
+    (bf16 under autocast) and reused by every layer."""
+
+    def __init__(self, allowed: torch.Tensor):
+        self.allowed, self.bias = allowed, None
+
+    def __call__(self, dtype: torch.dtype) -> torch.Tensor:
+        if self.bias is None or self.bias.dtype != dtype:
+            self.bias = torch.zeros(self.allowed.shape, dtype=dtype, device=self.allowed.device).masked_fill_(
+                ~self.allowed, torch.finfo(dtype).min)
+        return self.bias
 
 
 class MaskedTurnAttention:
     def __init__(self, batch: dict, device: torch.device):
-        self.allowed = turn_mask(batch["segments"].to(device, non_blocking=True))  # [B, 1, S, S]
-        self.bias: torch.Tensor | None = None  # built once, in the first layer's dtype (bf16 under autocast)
+        # every position is a query: its own segment and position. Padding (-1) sees the prefix and itself:
+        # never all-masked, never seen by a real token
+        seg = batch["segments"].to(device, non_blocking=True)
+        here = torch.arange(seg.shape[1], device=device).expand_as(seg)
+        self.mask = AdditiveMask(visible_keys(seg, seg, here))  # [B, 1, S, S]
 
     def __call__(self, layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        if self.bias is None or self.bias.dtype != q.dtype:
-            self.bias = additive(self.allowed, q.dtype)
-        return attention(q, k, v, mask=self.bias)
+        return attention(q, k, v, mask=self.mask(q.dtype))
 
 
 def turn_index(segments: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -68,23 +76,17 @@ class SplitTurnAttention:
     def __init__(self, batch: dict, device: torch.device):
         get = {k: batch[k].to(device, non_blocking=True) for k in
                ("segments", "turn_rows", "turn_slots", "slot_segment", "slot_position")}
-        seg, self.rows, self.slots = get["segments"], get["turn_rows"], get["turn_slots"]
+        self.rows, self.slots = get["turn_rows"], get["turn_slots"]
         self.tmax = get["slot_segment"].shape[1]
-        keys = seg[:, None, :]  # [B, 1, S]
-        s = seg.shape[1]
-        before = torch.arange(s, device=device)[None, None, :] <= get["slot_position"][:, :, None]
-        self.allowed = (((keys == 0) | (keys == get["slot_segment"][:, :, None])) & before)[:, None]  # [B,1,T,S]
-        self.bias: torch.Tensor | None = None
+        self.mask = AdditiveMask(visible_keys(get["segments"], get["slot_segment"], get["slot_position"]))
 
     def __call__(self, layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         b, h, s, d = q.shape
-        if self.bias is None or self.bias.dtype != q.dtype:
-            self.bias = additive(self.allowed, q.dtype)
         out = attention(q, k, v, causal=True).transpose(1, 2).reshape(b * s, h, d)  # right for prefix rows
         picked = q.transpose(1, 2).reshape(b * s, h, d).index_select(0, self.rows)  # [N, H, D]
         grid = q.new_zeros(b * self.tmax, h, d).index_copy(0, self.slots, picked)
         grid = grid.view(b, self.tmax, h, d).transpose(1, 2)  # [B, H, Tmax, D]
-        turns = attention(grid, k, v, mask=self.bias).transpose(1, 2).reshape(b * self.tmax, h, d)
+        turns = attention(grid, k, v, mask=self.mask(q.dtype)).transpose(1, 2).reshape(b * self.tmax, h, d)
         out = out.index_copy(0, self.rows, turns.index_select(0, self.slots))
         return out.view(b, s, h, d).transpose(1, 2)  # [B, H, S, D]
 
