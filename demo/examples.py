@@ -28,6 +28,7 @@ import torch
 from PIL import Image
 
 from demo import world
+from demo.feature_index import feature_index
 from demo.turn_attention import turn_index
 from models.chat_template import ChatTemplate, user_turn
 from models.onevision.config import OneVisionConfig
@@ -169,7 +170,29 @@ class ExampleMaker:
         return self.scene(rng, int(rng.integers(self.scene_turns[0], self.scene_turns[1] + 1)))
 
 
-def collate(examples: list[Example], pad_id: int) -> dict:
+def distinct_crops(crops: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Rows of `torch.cat(crops)` worth encoding, and for every row the index of its copy among them.
+
+    A square image's anyres grid is one tile, and that tile is the base crop resized the same way: the same
+    pixels (a quarter of a training batch's crops), so SigLIP need not see them twice. Only crops of one
+    media tensor are compared (different images never share a crop in practice)."""
+    unique: list[int] = []
+    source: list[int] = []
+    start = 0
+    for x in crops:
+        seen: dict[bytes, int] = {}
+        for j in range(x.shape[0]):
+            key = x[j].numpy().tobytes()
+            if key not in seen:
+                seen[key] = len(unique)
+                unique.append(start + j)
+            source.append(seen[key])
+        start += x.shape[0]
+    return torch.tensor(unique, dtype=torch.long), torch.tensor(source, dtype=torch.long)
+
+
+def collate(examples: list[Example], pad_id: int, cfg: OneVisionConfig | None = None, length_multiple: int = 16,
+            crop_multiple: int = 1) -> dict:
     """Right-padded ids/labels/segments/positions [B, S] and the media list (padding is never attended by real
     tokens: causal).
 
@@ -178,16 +201,24 @@ def collate(examples: list[Example], pad_id: int) -> dict:
     tensors (one per example in training). The returned media hold views of `pixels`: a DataLoader worker
     ships one shared storage, and `pin_memory` (which cannot see inside `OneVisionMedia`) pins `pixels`,
     so the trainer makes one host-to-device copy per batch instead of a pageable one per image.
+    `unique_crops` / `crop_source`: `distinct_crops(...)`, so the trainer encodes each distinct crop once.
+    With the checkpoint's `cfg`, also `feature_index` / `video_frames` (demo/feature_index.py): where each
+    media token's feature comes from, so the trainer gathers them in one op instead of packing per example.
     """
     crops = [x for e in examples for x in (*e.media.images, *e.media.videos)]
     splits = [x.shape[0] for x in crops]
     pixels = torch.cat(crops) if crops else torch.empty(0, dtype=torch.uint8)
+    unique_crops, crop_source = distinct_crops(crops)
+    if len(unique_crops) % crop_multiple:  # repeats of the first crop: encoded, never gathered
+        extra = crop_multiple - len(unique_crops) % crop_multiple
+        unique_crops = torch.cat((unique_crops, unique_crops[:1].expand(extra)))
     views = iter(pixels.split(splits))
     media = [OneVisionMedia(images=[next(views) for _ in e.media.images], image_sizes=list(e.media.image_sizes),
                             videos=[next(views) for _ in e.media.videos]) for e in examples]
-    # a multiple of 16: the trainer's additive [B, 1, S, S] mask then meets the memory-efficient SDPA
-    # kernel's alignment as it is, instead of being padded again in every layer
-    length = -(-max(len(e.ids) for e in examples) // 16) * 16
+    # a multiple of 16: the trainer's additive [B, 1, S, S] mask then meets the memory-efficient SDPA kernel's
+    # alignment as it is, instead of being padded again in every layer. Coarser `length_multiple` and
+    # `crop_multiple` (the crops SigLIP encodes) give fewer distinct shapes per run (GEMM plans are per shape)
+    length = -(-max(len(e.ids) for e in examples) // length_multiple) * length_multiple
     ids = torch.full((len(examples), length), pad_id, dtype=torch.long)
     labels = torch.full((len(examples), length), -100, dtype=torch.long)
     segments = torch.full((len(examples), length), -1, dtype=torch.long)  # padding: a segment of its own
@@ -202,6 +233,8 @@ def collate(examples: list[Example], pad_id: int) -> dict:
     target = labels[:, 1:]
     answer_at = (target != -100).flatten().nonzero().squeeze(1)
     return {"ids": ids, "labels": labels, "segments": segments, "positions": positions, "media": media,
-            "pixels": pixels, "pixel_splits": splits, "kinds": [e.kind for e in examples],
-            "answer_at": answer_at, "answer_tokens": target.flatten()[answer_at], **turn_index(segments)}
+            "pixels": pixels, "pixel_splits": splits, "unique_crops": unique_crops, "crop_source": crop_source,
+            "kinds": [e.kind for e in examples],
+            "answer_at": answer_at, "answer_tokens": target.flatten()[answer_at], **turn_index(segments),
+            **(feature_index(media, crop_source, cfg, len(unique_crops)) if cfg is not None else {})}
 

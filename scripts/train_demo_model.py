@@ -47,9 +47,11 @@ sys.path.insert(0, str(ROOT))
 from demo import world  # noqa: E402
 from demo.checkpoint import SOURCE, demo_config, from_parts, load_weights, save, write_metadata  # noqa: E402
 from demo.examples import CAPTION_PROMPT, ExampleMaker, collate, qa_prompt  # noqa: E402
+from demo.feature_index import gather_features  # noqa: E402
 from demo.heldout import HELD_OUT_SEED  # noqa: E402
 from demo.turn_attention import TURN_ATTENTION, MaskedTurnAttention  # noqa: E402
 from models.generate import greedy_generate  # noqa: E402
+from models.onevision import anyres  # noqa: E402
 from models.onevision.config import OneVisionConfig  # noqa: E402
 from models.onevision.model import LlavaOnevisionForConditionalGeneration  # noqa: E402
 from models.random_weights import random_init  # noqa: E402
@@ -60,9 +62,9 @@ PHASES = ("h2d", "fwd", "bwd", "opt")  # a step after its batch arrives, each ph
 class Stream(torch.utils.data.IterableDataset):
     def __init__(self, model_dir: Path, easy_vqa_dir: Path | None, batch: int, seed: int, hard_weight: float = 1.0,
                  extended_questions: bool = False, scene_turns: tuple[int, int] = (6, 12),
-                 easy_turns: tuple[int, int] = (3, 6)):
+                 easy_turns: tuple[int, int] = (3, 6), multiples: tuple[int, int] = (16, 1)):
         self.args = (model_dir, easy_vqa_dir, hard_weight, extended_questions, scene_turns, easy_turns)
-        self.batch, self.seed = batch, seed
+        self.batch, self.seed, self.multiples = batch, seed, multiples
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
@@ -70,16 +72,25 @@ class Stream(torch.utils.data.IterableDataset):
         rng = np.random.default_rng([self.seed, info.id if info else 0])
         pad = maker.tok.pad_id or 0
         while True:
-            yield collate([maker.sample(rng) for _ in range(self.batch)], pad)
+            yield collate([maker.sample(rng) for _ in range(self.batch)], pad, maker.cfg, *self.multiples)
 
 
-def batch_features(model, batch: dict, mean, std) -> list[torch.Tensor]:
-    """`model.media_features(batch["media"])` from collate's one concatenated uint8 `pixels` tensor: one
-    (pinned) copy, one normalisation and one SigLIP call for the batch, then the same per-example packing,
-    so the features are identical (media_features also concatenates before SigLIP)."""
-    pixels = model._normalize(batch["pixels"], mean, std)  # moves it to the model's device first
-    feats = model.pack_media(batch["media"], model.encode_crops(pixels).split(batch["pixel_splits"]))
-    return [f for f in feats if f is not None]
+def batch_features(model, batch: dict, mean, std) -> torch.Tensor:
+    """`torch.cat(model.media_features(batch["media"]))` from collate's one concatenated uint8 `pixels`
+    tensor: one (pinned) copy, one normalisation and one SigLIP call for the batch's distinct crops (a square
+    image's base crop and tile are the same pixels), then one gather by collate's `feature_index`
+    (demo/feature_index.py), or without it the per-example packing: the same features either way."""
+    device = model.multi_modal_projector.linear_1.weight.device
+    get = {k: batch[k].to(device, non_blocking=True) for k in
+           ("pixels", "unique_crops", "crop_source", "feature_index", "video_frames") if k in batch}
+    pixels = get["pixels"].index_select(0, get["unique_crops"]) if "unique_crops" in get else get["pixels"]
+    crops = model.encode_crops(model._normalize(pixels, mean, std))
+    if "feature_index" in get:
+        return gather_features(crops, model.image_newline, get, anyres.pooled_side(
+            model.cfg.vision.image_size, model.cfg.vision.patch_size))
+    if "crop_source" in get:
+        crops = crops.index_select(0, get["crop_source"])
+    return torch.cat([f for f in model.pack_media(batch["media"], crops.split(batch["pixel_splits"])) if f is not None])
 
 
 def to_device(batch: dict, device: torch.device) -> dict:
@@ -96,12 +107,13 @@ def answer_logits(model, batch: dict, device: torch.device, mean, std,
     if "pixels" in batch:
         feats = batch_features(model, batch, mean, std)
     else:
-        feats = model.media_features(batch["media"], pixel_mean=mean, pixel_std=std)
+        feats = torch.cat([f for f in model.media_features(batch["media"], pixel_mean=mean, pixel_std=std)
+                           if f is not None])
     # every training row has one kind of media, so row-major placeholder order is feature order: one
     # scatter instead of `model.embed`'s per-row lookups (each a host sync)
     x = model.language_model.model.embed_tokens(ids)
     slots = (ids == model.cfg.image_token_id) | (ids == model.cfg.video_token_id)
-    x = x.masked_scatter(slots[..., None], torch.cat(feats).to(x.dtype))
+    x = x.masked_scatter(slots[..., None], feats.to(x.dtype))
     positions = batch["positions"].to(device, non_blocking=True)  # each turn continues the media prefix
     attend = turn_attention(batch, device)
     hidden = model.language_model.model(None, positions, attend, inputs_embeds=x)  # [B, S, H]
@@ -215,6 +227,12 @@ def main(argv: list[str] | None = None) -> None:
                     help="masked: one [S, S] mask for every query (the shipped weights' run); split: causal "
                     "attention for all rows, the mask only for turn rows (same result; its speed on a GPU "
                     "is not measured yet)")
+    ap.add_argument("--length-multiple", type=int, default=16, help="pad each batch's sequence length to a "
+                    "multiple of this (coarser: fewer distinct shapes)")
+    ap.add_argument("--crop-multiple", type=int, default=1, help="pad each batch's distinct crops to a "
+                    "multiple of this (coarser: fewer distinct shapes)")
+    ap.add_argument("--compile", action="store_true", help="torch.compile the vision tower and the language "
+                    "model (dynamic shapes: crops and sequence lengths change every batch)")
     ap.add_argument("--save-every-s", type=float, default=120.0)
     ap.add_argument("--export-dir", type=Path, help="also write the weights here as <= 15 MiB parts (device $OUT)")
     ap.add_argument("--from-parts", type=Path, help="no training: join exported parts into --out")
@@ -236,6 +254,9 @@ def main(argv: list[str] | None = None) -> None:
     model.language_model.reset_buffers()  # tie lm_head to the embedding
     random_init(model, args.seed, fuse=False)
     done = load_weights(model, args.resume) if args.resume else {}
+    if args.compile:  # in place: the state_dict keys (the checkpoint's names) stay as they are
+        model.vision_tower.compile(dynamic=True)
+        model.language_model.model.compile(dynamic=True)
     offset, step0 = float(done.get("elapsed_s", 0.0)), int(done.get("steps", 0))
     schedule_s = args.schedule_s or args.time_budget_s
     maker = ExampleMaker(args.out, args.easy_vqa_dir)  # for held_out: default questions, the CI-checked set
@@ -246,7 +267,8 @@ def main(argv: list[str] | None = None) -> None:
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": rest, "weight_decay": 0.0}],
                             lr=args.lr, betas=(0.9, 0.98), fused=device.type == "cuda")
     stream = Stream(args.out, args.easy_vqa_dir, args.batch, args.seed + step0,  # resumed runs see new data
-                    args.hard_weight, args.extended_questions, tuple(args.scene_turns), tuple(args.easy_turns))
+                    args.hard_weight, args.extended_questions, tuple(args.scene_turns), tuple(args.easy_turns),
+                    (args.length_multiple, args.crop_multiple))
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=args.workers,
                                          pin_memory=device.type == "cuda",
                                          prefetch_factor=4 if args.workers else None, persistent_workers=False)
