@@ -4,14 +4,15 @@
 # Carry .devdata (../shared/checkpoints xz-packed as ckpt.tar.xz, and the easy-vqa wheel):
 #   mkdir -p .devdata && tar -C ../shared -cJf .devdata/ckpt.tar.xz checkpoints
 #   pip download easy-vqa==1.0 --no-deps -d .devdata        # data only: 64x64 PNGs + questions.json
-# run(kind="nvidia-h200", carry=[".devdata"], command="BUDGET=430 SCHEDULE=900 bash scripts/train_demo_device.sh")
+# run(kind="nvidia-h200", carry=[".devdata"], command="BUDGET=420 SCHEDULE=840 bash scripts/train_demo_device.sh --eval-scenes 0")
 # A fresh machine keeps nothing, so copy the returned model.part*, progress.json and config.json to
 # .devdata/resume/ and continue the same schedule (with the 23.6 MB parts carried, move
 # demo/model/model.safetensors aside for the call: the tree + carry must stay under 64 MiB):
-# run(..., command="BUDGET=430 SCHEDULE=900 bash scripts/train_demo_device.sh --resume .devdata/resume")
+# run(..., command="BUDGET=420 SCHEDULE=840 bash scripts/train_demo_device.sh --eval-scenes 0 --resume .devdata/resume")
 # Then, here:  python scripts/train_demo_model.py --from-parts <files_at> --out demo/model
-# The shipped weights ran so (2026-12-01), on GPU 1 of an nvidia-h200-x2 while GPU 0 trained the same recipe
-# with --text-head-dim 0 for comparison (demo/model/README.md).
+# The shipped weights ran so (2026-12-01, session 9) on one nvidia-h200: each call ~440 s of device time, 30 min
+# allow the two calls and ~6 min of timing runs. --eval-scenes 0 saves the end-of-run check's device time (run
+# it on the CPU afterwards; demo/model/README.md).
 # Every --log-every line splits the step: data wait, h2d/fwd/bwd/opt on the GPU timeline (CUDA events, no
 # extra syncs), the host's issue time per phase, and examples/s.
 # PROFILE=1 first profiles 3 steps ($OUT/profile.log).

@@ -19,11 +19,10 @@ templates; `--extended-questions` (default on) adds position questions (cell, co
 colour-shape pair) to the training scenes only; `--resume DIR` continues a run's schedule from its
 progress.json (or a finished checkpoint's training.json).
 
-The defaults are the shipped weights' recipe (2026-12-01, one H200 per run, 14 data workers, batch 48, lr 3e-3,
-12-20 turns per scene, text head_dim 32, a 900 s schedule run as two 430 s device calls, the second with
---resume): 6,064 steps in 862 s, loss 0.15; through jobs/caption.py on held-out scenes 78.0% exact match
-(the previous recipe, 6-12 turns that saw each other and head_dim 16: 67.6%). The issue's 95% is not reached;
-demo/model/README.md has the details.
+The defaults are the shipped weights' recipe (2026-12-01, one H200, 14 data workers, batch 48, lr 3e-3, 12-20 turns
+per scene, text head_dim 32, split turn attention, an 840 s schedule run as two 420 s device calls, the second with
+--resume): 8,789 steps in 841 s, loss 0.116; through jobs/caption.py on held-out scenes 79.6% exact match
+(session 8's 6,064 steps: 78.0%). The issue's 95% is not reached; demo/model/README.md has the details.
 """
 
 from __future__ import annotations
