@@ -66,6 +66,7 @@ class Example:
     kind: str  # "scene" | "clip" | "easy_vqa"
     segments: list[int]  # 0: the shared prefix (through the media), k >= 1: turn k
     positions: list[int]  # every turn continues the prefix's positions, as if it were the only turn
+    cells: list[tuple[int, int, int]] | None = None  # a scene's world.cell_labels (demo/cell_head.py)
 
 
 class ExampleMaker:
@@ -136,7 +137,9 @@ class ExampleMaker:
             qs = self.weighted_order(qs, rng)
         qas = [(qa_prompt(q), a) for q, a in qs]
         chosen = qas[:turns - 1] + [(CAPTION_PROMPT, world.caption(scene))]
-        return self.build([chosen[i] for i in rng.permutation(len(chosen))], media, n, [], "scene")
+        example = self.build([chosen[i] for i in rng.permutation(len(chosen))], media, n, [], "scene")
+        example.cells = world.cell_labels(scene)
+        return example
 
     def weighted_order(self, qs: list[tuple[str, str]], rng: np.random.Generator) -> list[tuple[str, str]]:
         """`qs` reordered so that any prefix is a weighted sample without replacement, `is_hard` questions
@@ -204,6 +207,8 @@ def collate(examples: list[Example], pad_id: int, cfg: OneVisionConfig | None = 
     `unique_crops` / `crop_source`: `distinct_crops(...)`, so the trainer encodes each distinct crop once.
     With the checkpoint's `cfg`, also `feature_index` / `video_frames` (demo/feature_index.py): where each
     media token's feature comes from, so the trainer gathers them in one op instead of packing per example.
+    `cell_labels` [B, 9, 3] (`Example.cells`, -1 for examples without) and `base_crop` [B] (each example's
+    first crop among the distinct ones) feed the training-only demo/cell_head.py.
     """
     crops = [x for e in examples for x in (*e.media.images, *e.media.videos)]
     splits = [x.shape[0] for x in crops]
@@ -228,13 +233,17 @@ def collate(examples: list[Example], pad_id: int, cfg: OneVisionConfig | None = 
         labels[b, : len(e.labels)] = torch.tensor(e.labels)
         segments[b, : len(e.ids)] = torch.tensor(e.segments)
         positions[b, : len(e.ids)] = torch.tensor(e.positions)
+    cell_labels = torch.tensor([e.cells or [(-1, -1, -1)] * 9 for e in examples], dtype=torch.long)
+    counts = [sum(x.shape[0] for x in (*e.media.images, *e.media.videos)) for e in examples]
+    starts = (torch.tensor([0, *counts]).cumsum(0)[:-1]).clamp(max=max(len(crop_source) - 1, 0))  # first crops
+    base_crop = crop_source[starts] if len(crop_source) else torch.zeros(len(examples), dtype=torch.long)
     # where the loss is, worked out here so the trainer needs no host sync to find it: rows of the flattened
     # [B * (S - 1)] positions whose next token is an answer token, and those tokens
     target = labels[:, 1:]
     answer_at = (target != -100).flatten().nonzero().squeeze(1)
     return {"ids": ids, "labels": labels, "segments": segments, "positions": positions, "media": media,
             "pixels": pixels, "pixel_splits": splits, "unique_crops": unique_crops, "crop_source": crop_source,
-            "kinds": [e.kind for e in examples],
+            "kinds": [e.kind for e in examples], "cell_labels": cell_labels, "base_crop": base_crop,
             "answer_at": answer_at, "answer_tokens": target.flatten()[answer_at], **turn_index(segments),
             **(feature_index(media, crop_source, cfg, len(unique_crops)) if cfg is not None else {})}
 

@@ -123,6 +123,16 @@ def render(scene: Scene) -> Image.Image:
     return img
 
 
+def cell_labels(scene: Scene) -> list[tuple[int, int, int]]:
+    """Per grid cell (CELLS order): (shape, colour, size) as 1 + the index into SHAPES / COLORS / SIZES, 0 for
+    an empty cell, -1 where the word is drawn (the bottom row of a scene with a word: not a shape, not empty).
+    Dense training targets for the vision features (demo/cell_head.py)."""
+    out = [(-1, -1, -1) if scene.word and cell >= 6 else (0, 0, 0) for cell in range(9)]
+    for s in scene.shapes:
+        out[s.cell] = (1 + SHAPES.index(s.kind), 1 + list(COLORS).index(s.color), 1 + SIZES.index(s.size))
+    return out
+
+
 def article(word: str) -> str:
     return "an" if word[0] in "aeiou" else "a"
 

@@ -17,7 +17,8 @@ h2d/fwd/bwd/opt from CUDA events, and examples/s) and a held-out exact-match tab
 seeds never trained on, greedy), then writes the checkpoint. `--hard-weight` favours the weak question
 templates; `--extended-questions` (default on) adds position questions (cell, column, row of each unique
 colour-shape pair) to the training scenes only; `--resume DIR` continues a run's schedule from its
-progress.json (or a finished checkpoint's training.json).
+progress.json (or a finished checkpoint's training.json); `--cell-loss-weight W` also trains the vision
+features to say what is in every grid cell of a scene (demo/cell_head.py, a head that is never saved).
 
 The defaults are the shipped weights' recipe (2026-12-01, one H200, 14 data workers, batch 48, lr 3e-3, 12-20 turns
 per scene, text head_dim 32, split turn attention, an 840 s schedule run as two 420 s device calls, the second with
@@ -44,18 +45,18 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from demo import world  # noqa: E402
+from demo.cell_head import CellHead  # noqa: E402
 from demo.checkpoint import SOURCE, demo_config, from_parts, load_weights, save, write_metadata  # noqa: E402
 from demo.examples import CAPTION_PROMPT, ExampleMaker, collate, qa_prompt  # noqa: E402
 from demo.feature_index import gather_features  # noqa: E402
 from demo.heldout import HELD_OUT_SEED  # noqa: E402
+from demo.step_clock import StepClock  # noqa: E402
 from demo.turn_attention import TURN_ATTENTION, MaskedTurnAttention  # noqa: E402
 from models.generate import greedy_generate  # noqa: E402
 from models.onevision import anyres  # noqa: E402
 from models.onevision.config import OneVisionConfig  # noqa: E402
 from models.onevision.model import LlavaOnevisionForConditionalGeneration  # noqa: E402
 from models.random_weights import random_init  # noqa: E402
-
-PHASES = ("h2d", "fwd", "bwd", "opt")  # a step after its batch arrives, each phase ending at one clock edge
 
 
 class Stream(torch.utils.data.IterableDataset):
@@ -74,16 +75,19 @@ class Stream(torch.utils.data.IterableDataset):
             yield collate([maker.sample(rng) for _ in range(self.batch)], pad, maker.cfg, *self.multiples)
 
 
-def batch_features(model, batch: dict, mean, std) -> torch.Tensor:
+def batch_features(model, batch: dict, mean, std, keep: dict | None = None) -> torch.Tensor:
     """`torch.cat(model.media_features(batch["media"]))` from collate's one concatenated uint8 `pixels`
     tensor: one (pinned) copy, one normalisation and one SigLIP call for the batch's distinct crops (a square
     image's base crop and tile are the same pixels), then one gather by collate's `feature_index`
-    (demo/feature_index.py), or without it the per-example packing: the same features either way."""
+    (demo/feature_index.py), or without it the per-example packing: the same features either way. `keep`
+    receives the distinct crops' features (`crops`, [N, side^2, hidden]) for demo/cell_head.py."""
     device = model.multi_modal_projector.linear_1.weight.device
     get = {k: batch[k].to(device, non_blocking=True) for k in
            ("pixels", "unique_crops", "crop_source", "feature_index", "video_frames") if k in batch}
     pixels = get["pixels"].index_select(0, get["unique_crops"]) if "unique_crops" in get else get["pixels"]
     crops = model.encode_crops(model._normalize(pixels, mean, std))
+    if keep is not None:
+        keep["crops"] = crops
     if "feature_index" in get:
         return gather_features(crops, model.image_newline, get, anyres.pooled_side(
             model.cfg.vision.image_size, model.cfg.vision.patch_size))
@@ -98,13 +102,13 @@ def to_device(batch: dict, device: torch.device) -> dict:
 
 
 def answer_logits(model, batch: dict, device: torch.device, mean, std,
-                  turn_attention=MaskedTurnAttention) -> tuple[torch.Tensor, torch.Tensor]:
+                  turn_attention=MaskedTurnAttention, keep: dict | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Logits [N, V] (float32) at every position whose next token is an answer token, and those tokens [N];
     without its `pixels` (a hand-made batch) the media go through `model.media_features` one tensor at a
-    time. `turn_attention`: a demo/turn_attention.py class (both compute the same)."""
+    time. `turn_attention`: a demo/turn_attention.py class (both compute the same); `keep`: see batch_features."""
     ids = batch["ids"].to(device, non_blocking=True)
     if "pixels" in batch:
-        feats = batch_features(model, batch, mean, std)
+        feats = batch_features(model, batch, mean, std, keep)
     else:
         feats = torch.cat([f for f in model.media_features(batch["media"], pixel_mean=mean, pixel_std=std)
                            if f is not None])
@@ -122,9 +126,21 @@ def answer_logits(model, batch: dict, device: torch.device, mean, std,
     return model.logits(flat.index_select(0, at)).float(), batch["answer_tokens"].to(device, non_blocking=True)
 
 
-def loss_of(model, batch: dict, device: torch.device, mean, std, turn_attention=MaskedTurnAttention) -> torch.Tensor:
-    """Mean cross-entropy over the answer tokens of a collated batch."""
-    return F.cross_entropy(*answer_logits(model, batch, device, mean, std, turn_attention))
+def loss_of(model, batch: dict, device: torch.device, mean, std, turn_attention=MaskedTurnAttention,
+            cells: CellHead | None = None, cell_weight: float = 0.0, parts: dict | None = None) -> torch.Tensor:
+    """Mean cross-entropy over the answer tokens of a collated batch, plus `cell_weight` x the training-only
+    `cells` head's loss on the scenes' base crops (demo/cell_head.py); `parts` receives both terms, detached."""
+    keep: dict = {}
+    answers = F.cross_entropy(*answer_logits(model, batch, device, mean, std, turn_attention, keep))
+    if cells is None or not cell_weight:
+        return answers
+    if "crops" not in keep:
+        raise ValueError("the cell loss needs a collated batch (its pixels, base_crop and cell_labels)")
+    cell = cells.loss(keep["crops"], batch["base_crop"].to(device, non_blocking=True),
+                      batch["cell_labels"].to(device, non_blocking=True))
+    if parts is not None:
+        parts.update(answers=answers.detach(), cells=cell.detach())
+    return answers + cell_weight * cell
 
 
 @torch.no_grad()
@@ -144,53 +160,6 @@ def held_out(model, maker: ExampleMaker, n_scenes: int, device: torch.device, me
             text = maker.tok.decode([t for t in out if t not in maker.im_end]).strip()
             hits.setdefault(kind, []).append(int(text == answer))
     return {k: sum(v) / len(v) for k, v in sorted(hits.items())}
-
-
-class StepClock:
-    """Where a training step's time goes, averaged over a log window, with no extra host syncs.
-
-    `data`: host time blocked on the DataLoader. Then a clock edge before the copy and after each of
-    `PHASES`. The host's edges only say when work was *enqueued*; on CUDA each edge also records an event,
-    read once the step's `loss.item()` has synchronised anyway, so the phase times are the GPU timeline's
-    (the GPU is idle at the first edge, the previous step having synced): a phase whose host issue time is
-    about its GPU time is bound by Python/launch overhead, not by kernels. On CPU both are the same.
-    """
-
-    def __init__(self, device: torch.device):
-        self.cuda = device.type == "cuda"
-        self.events = [torch.cuda.Event(enable_timing=True) for _ in range(len(PHASES) + 1)] if self.cuda else []
-        self.host = [0.0] * (len(PHASES) + 1)
-        self.reset()
-
-    def reset(self) -> None:
-        self.steps, self.data, self.total = 0, 0.0, 0.0
-        self.gpu, self.issue = [0.0] * len(PHASES), [0.0] * len(PHASES)
-
-    def edge(self, i: int) -> None:
-        self.host[i] = time.perf_counter()
-        if self.cuda:
-            self.events[i].record()
-
-    def end_step(self, data_s: float) -> None:
-        """After the step's host sync: add this step (its data wait `data_s`) to the window."""
-        self.steps += 1
-        self.data += data_s
-        self.total += data_s + time.perf_counter() - self.host[0]
-        for k in range(len(PHASES)):
-            issue = self.host[k + 1] - self.host[k]
-            self.issue[k] += issue
-            self.gpu[k] += self.events[k].elapsed_time(self.events[k + 1]) / 1e3 if self.cuda else issue
-
-    def summary(self, batch: int) -> str:
-        """e.g. `124 ms/step (data 60, h2d 2, fwd 30, bwd 25, opt 5; host issue fwd 28, bwd 20, opt 3), 387 ex/s`."""
-        if not self.steps:
-            return "first step not timed (warm-up)"
-        n = self.steps
-        ms = [f"{p} {t / n * 1e3:.0f}" for p, t in zip(("data", *PHASES), (self.data, *self.gpu), strict=True)]
-        issued = ", ".join(f"{p} {t / n * 1e3:.0f}" for p, t in zip(PHASES[1:], self.issue[1:], strict=True))
-        issue = f"; host issue {issued}" if self.cuda else ""
-        return (f"{self.total / n * 1e3:.0f} ms/step ({', '.join(ms)}{issue}), "
-                f"{batch * self.steps / self.total:.0f} ex/s")
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -229,6 +198,9 @@ def main(argv: list[str] | None = None) -> None:
                     "multiple of this (coarser: fewer distinct shapes)")
     ap.add_argument("--crop-multiple", type=int, default=1, help="pad each batch's distinct crops to a "
                     "multiple of this (coarser: fewer distinct shapes)")
+    ap.add_argument("--cell-loss-weight", type=float, default=0.0, help="weight of a training-only head that "
+                    "predicts every grid cell's shape, colour and size from the scene's vision features "
+                    "(demo/cell_head.py; never saved); 0: off (the shipped weights' run; not yet measured on)")
     ap.add_argument("--compile", action="store_true", help="torch.compile the vision tower and the language "
                     "model (dynamic shapes: crops and sequence lengths change every batch)")
     ap.add_argument("--save-every-s", type=float, default=120.0)
@@ -260,8 +232,11 @@ def main(argv: list[str] | None = None) -> None:
     maker = ExampleMaker(args.out, args.easy_vqa_dir)  # for held_out: default questions, the CI-checked set
     pre = json.loads((args.out / "preprocessor_config.json").read_text())
     mean, std = tuple(pre["image_mean"]), tuple(pre["image_std"])  # as the engine's runner normalises uint8
-    decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embed" not in n]
-    rest = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embed" not in n)]
+    # the cell head trains beside the model and is never saved (demo/cell_head.py)
+    cells = CellHead(cfg.text.hidden_size, cfg.vision.side).to(device) if args.cell_loss_weight else None
+    named = [*model.named_parameters(), *(cells.named_parameters("cell_head") if cells else ())]
+    decay = [p for n, p in named if p.dim() >= 2 and "embed" not in n]
+    rest = [p for n, p in named if not (p.dim() >= 2 and "embed" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": rest, "weight_decay": 0.0}],
                             lr=args.lr, betas=(0.9, 0.98), fused=device.type == "cuda")
     stream = Stream(args.out, args.easy_vqa_dir, args.batch, args.seed + step0,  # resumed runs see new data
@@ -274,7 +249,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"[train] {params / 1e6:.1f}M parameters on {device}, batch {args.batch}, {args.workers} data workers, "
           f"budget {args.time_budget_s:.0f} s of a {schedule_s:.0f} s schedule, from step {step0}", flush=True)
     model.train()
-    t0, step, smooth = time.perf_counter(), step0, None
+    t0, step, smooth, smooth_cells, parts = time.perf_counter(), step0, None, None, {}
     last_save = t0
     profiler = None
     clock, waited = StepClock(device), time.perf_counter()
@@ -310,21 +285,26 @@ def main(argv: list[str] | None = None) -> None:
         clock.edge(1)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"), \
                 sdpa_kernel([SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH]):
-            loss = loss_of(model, batch, device, mean, std, TURN_ATTENTION[args.turn_attention])
+            loss = loss_of(model, batch, device, mean, std, TURN_ATTENTION[args.turn_attention], cells,
+                           args.cell_loss_weight, parts)
         clock.edge(2)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         clock.edge(3)
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_([p for _, p in named], 1.0)
         opt.step()
         clock.edge(4)
         step += 1
         value = loss.item()  # the step's one host sync: after it every event above has completed
         if step > step0 + 1:  # the first step pays CUDA/cuBLAS initialisation: not typical
             clock.end_step(data_s)
+        if parts:  # the answers' and the cells' terms apart (computed already: no further wait)
+            value, cell_value = parts["answers"].item(), parts["cells"].item()
+            smooth_cells = cell_value if smooth_cells is None else 0.95 * smooth_cells + 0.05 * cell_value
         smooth = value if smooth is None else 0.95 * smooth + 0.05 * value
         if step % args.log_every == 0:
-            print(f"[train] step {step} loss {smooth:.4f} lr {lr:.2e} {time.perf_counter() - t0:.0f} s, "
+            cell_note = f" (cells {smooth_cells:.4f})" if smooth_cells is not None else ""
+            print(f"[train] step {step} loss {smooth:.4f}{cell_note} lr {lr:.2e} {time.perf_counter() - t0:.0f} s, "
                   f"{clock.summary(args.batch)}", flush=True)
             clock.reset()
         if time.perf_counter() - last_save >= args.save_every_s:
@@ -343,7 +323,7 @@ def main(argv: list[str] | None = None) -> None:
               "batch": args.batch, "lr": args.lr, "seed": args.seed, "hard_weight": args.hard_weight,
               "extended_questions": args.extended_questions, "scene_turns": list(args.scene_turns),
               "easy_turns": list(args.easy_turns), "turns": "independent (each sees the media prefix only)",
-              "turn_attention": args.turn_attention,
+              "turn_attention": args.turn_attention, "cell_loss_weight": args.cell_loss_weight,
               "resumed_from": str(args.resume) if args.resume else None, "resumed_at_step": step0,
               "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
               "easy_vqa": args.easy_vqa_dir is not None, "held_out_exact_match": acc}

@@ -245,3 +245,28 @@ def test_extended_questions_are_hard_and_reach_training_scenes(model_dir, train_
     stream = train_demo_script.Stream(model_dir, None, batch=2, seed=0, hard_weight=3.0, extended_questions=True)
     assert ExampleMaker(*stream.args).extended_questions and ExampleMaker(*stream.args).hard_weight == 3.0
     assert train_demo_script.Stream(model_dir, None, batch=2, seed=0).args[2:4] == (1.0, False)  # default: as before
+
+
+def test_the_cell_loss_adds_to_the_answer_loss(train_demo_script, tiny_dir):
+    """`loss_of(..., cells, w)` = the answer loss + w x the training-only head's loss on the same batch's
+    distinct crops, and its gradient reaches the vision tower."""
+    from demo.cell_head import CellHead
+
+    torch.manual_seed(0)
+    model = LlavaOnevisionForConditionalGeneration(OneVisionConfig.from_dir(tiny_dir))
+    model.language_model.reset_buffers()
+    random_init(model, 0, fuse=False)
+    maker = ExampleMaker(tiny_dir)
+    batch = collate([maker.scene(np.random.default_rng(1), turns=2), maker.clip(np.random.default_rng(1))], pad_id=0,
+                    cfg=maker.cfg)
+    pre = json.loads((tiny_dir / "preprocessor_config.json").read_text())
+    mean, std, cpu = tuple(pre["image_mean"]), tuple(pre["image_std"]), torch.device("cpu")
+    cells = CellHead(model.cfg.text.hidden_size, model.cfg.vision.side)
+    parts: dict = {}
+    total = train_demo_script.loss_of(model, batch, cpu, mean, std, cells=cells, cell_weight=0.5, parts=parts)
+    answers = train_demo_script.loss_of(model, batch, cpu, mean, std)
+    torch.testing.assert_close(parts["answers"], answers.detach())
+    assert parts["cells"] > 0
+    torch.testing.assert_close(total.detach(), answers.detach() + 0.5 * parts["cells"])
+    (total - answers).backward()  # the cell term alone
+    assert model.get_parameter(PATCH).grad.abs().sum() > 0
