@@ -23,15 +23,6 @@ from pipeline.onevision_codec import OneVisionCodec
 PATCH = "vision_tower.vision_model.embeddings.patch_embedding.weight"
 
 
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("demo_meta")
-    for f in ("config.json", "tokenizer.json", "chat_template.json", "preprocessor_config.json"):
-        shutil.copyfile(f"demo/model/{f}", d / f)
-    shutil.copytree("demo/model/video_processor", d / "video_processor")
-    return d
-
-
 def test_first_turn_is_the_caption_jobs_prompt(model_dir):
     maker = ExampleMaker(model_dir)
     scene = world.sample_scene(np.random.default_rng(3))
@@ -184,19 +175,24 @@ def tiny_dir(model_dir, tmp_path_factory):
     return d
 
 
-def test_the_trainers_one_copy_path_gives_the_same_loss(train_demo_script, tiny_dir):
-    """scripts/train_demo_model.py: a batch's features from collate's one `pixels` tensor (one normalisation,
-    one SigLIP call over the distinct crops, one gather) give exactly the loss and gradients of
-    `model.media_features` on the per-example media."""
+def tiny_model_and_batch(tiny_dir, turns: int):
+    """A random tiny model, a scene + clip batch as the trainer's Stream collates it, and the pixel mean/std."""
     torch.manual_seed(0)
     model = LlavaOnevisionForConditionalGeneration(OneVisionConfig.from_dir(tiny_dir))
     model.language_model.reset_buffers()
     random_init(model, 0, fuse=False)
     maker = ExampleMaker(tiny_dir)
-    batch = collate([maker.scene(np.random.default_rng(1), turns=3), maker.clip(np.random.default_rng(1))], pad_id=0,
-                    cfg=maker.cfg)  # with feature_index: the features in one gather, as the trainer's Stream
+    batch = collate([maker.scene(np.random.default_rng(1), turns=turns), maker.clip(np.random.default_rng(1))],
+                    pad_id=0, cfg=maker.cfg)  # with feature_index: the features in one gather
     pre = json.loads((tiny_dir / "preprocessor_config.json").read_text())
-    mean, std = tuple(pre["image_mean"]), tuple(pre["image_std"])
+    return model, batch, tuple(pre["image_mean"]), tuple(pre["image_std"])
+
+
+def test_the_trainers_one_copy_path_gives_the_same_loss(train_demo_script, tiny_dir):
+    """scripts/train_demo_model.py: a batch's features from collate's one `pixels` tensor (one normalisation,
+    one SigLIP call over the distinct crops, one gather) give exactly the loss and gradients of
+    `model.media_features` on the per-example media."""
+    model, batch, mean, std = tiny_model_and_batch(tiny_dir, turns=3)
     per_media = {k: v for k, v in batch.items() if k not in
                  ("pixels", "pixel_splits", "unique_crops", "crop_source", "feature_index", "video_frames")}
     assert len(batch["unique_crops"]) < len(batch["crop_source"])  # the scene's tile was not encoded again
@@ -252,15 +248,8 @@ def test_the_cell_loss_adds_to_the_answer_loss(train_demo_script, tiny_dir):
     distinct crops, and its gradient reaches the vision tower."""
     from demo.cell_head import CellHead
 
-    torch.manual_seed(0)
-    model = LlavaOnevisionForConditionalGeneration(OneVisionConfig.from_dir(tiny_dir))
-    model.language_model.reset_buffers()
-    random_init(model, 0, fuse=False)
-    maker = ExampleMaker(tiny_dir)
-    batch = collate([maker.scene(np.random.default_rng(1), turns=2), maker.clip(np.random.default_rng(1))], pad_id=0,
-                    cfg=maker.cfg)
-    pre = json.loads((tiny_dir / "preprocessor_config.json").read_text())
-    mean, std, cpu = tuple(pre["image_mean"]), tuple(pre["image_std"]), torch.device("cpu")
+    model, batch, mean, std = tiny_model_and_batch(tiny_dir, turns=2)
+    cpu = torch.device("cpu")
     cells = CellHead(model.cfg.text.hidden_size, model.cfg.vision.side)
     parts: dict = {}
     total = train_demo_script.loss_of(model, batch, cpu, mean, std, cells=cells, cell_weight=0.5, parts=parts)

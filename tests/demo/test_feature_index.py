@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
-
 import numpy as np
 import pytest
 import torch
@@ -17,12 +15,8 @@ from models.onevision.pack import pack_image, pack_video
 
 
 @pytest.fixture(scope="module")
-def maker(tmp_path_factory):
-    d = tmp_path_factory.mktemp("demo_meta")
-    for f in ("config.json", "tokenizer.json", "chat_template.json", "preprocessor_config.json"):
-        shutil.copyfile(f"demo/model/{f}", d / f)
-    shutil.copytree("demo/model/video_processor", d / "video_processor")
-    return ExampleMaker(d)
+def maker(model_dir):
+    return ExampleMaker(model_dir)
 
 
 def reference(media, crops, newline, cfg):
