@@ -13,6 +13,10 @@ process's CPU time per streamed token and the replica's `[engine]` lines. What i
 engine's own Python and launch time, which shares the GIL with the event loop (2-core CPU here, 256 requests:
 ratio 0.90 at the default limit and 1.07 without one, where the H200 measured 0.73 and 0.79; so the
 scheduler and the HTTP path alone are not what holds the endpoint below the offline engine).
+`--host-fraction 0.3` spends 30% of every prefill and decode busy in Python (holding the GIL, as launches do):
+the endpoint still streamed ~910 tok/s (2-core CPU, 2026-12-01), as with 0, so the event loop's share of the
+GIL did not slow the engine here either. Handing a step's tokens to the loop in one `call_soon_threadsafe`
+instead of one per stream measured the same (912-918 tok/s) and was not kept.
 """
 
 from __future__ import annotations
@@ -62,24 +66,34 @@ threads = [threading.Thread(target=client) for _ in range(conc)]
 """
 
 
+def hold(seconds: float, host_fraction: float) -> None:
+    """`seconds` of engine time: the first `host_fraction` of it busy in Python (holding the GIL, as kernel
+    launches do), the rest asleep (the GIL released, as a CUDA sync releases it)."""
+    end = time.perf_counter() + seconds * host_fraction
+    while time.perf_counter() < end:
+        pass
+    time.sleep(seconds * (1 - host_fraction))
+
+
 class SleepRunner:
     """The runner interface (pipeline/engine/runners) with sleeps for GPU time and a tiny vocabulary."""
 
-    def __init__(self, slots: int, decode_s: float, fixed_s: float, per_s: float):
+    def __init__(self, slots: int, decode_s: float, fixed_s: float, per_s: float, host_fraction: float = 0.0):
         self.num_slots, self.max_len, self.device = slots, 4096, torch.device("cpu")
         self.tokens = torch.zeros(slots, dtype=torch.long)
         self.positions = torch.zeros(slots, dtype=torch.long)
         self.decode_s, self.fixed_s, self.per_s = decode_s, fixed_s, per_s
+        self.host_fraction = host_fraction
 
     def check(self, prompt_ids, media) -> None:
         return None
 
     def prefill(self, prompts, media, slots) -> torch.Tensor:
-        time.sleep(self.fixed_s + self.per_s * len(prompts))
+        hold(self.fixed_s + self.per_s * len(prompts), self.host_fraction)
         return torch.nn.functional.one_hot(torch.full((len(prompts),), TOKEN), TOKEN + 1).float()
 
     def decode(self, batch: int) -> torch.Tensor:
-        time.sleep(self.decode_s)
+        hold(self.decode_s, self.host_fraction)
         return torch.nn.functional.one_hot(torch.full((batch,), TOKEN), TOKEN + 1).float()
 
 
@@ -92,6 +106,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--decode-ms", type=float, default=16.5)
     ap.add_argument("--fixed-ms", type=float, default=25.0)
     ap.add_argument("--per-request-ms", type=float, default=39.0)
+    ap.add_argument("--host-fraction", type=float, default=0.0, help="share of each prefill and decode spent "
+                    "busy in Python, holding the GIL (the real engine's launches); the rest sleeps")
     ap.add_argument("--model-dir", default=str(ROOT / "demo" / "model"), help="tokenizer and chat template")
     args = ap.parse_args(argv)
     stall = args.max_decode_stall_ms or None
@@ -99,7 +115,8 @@ def main(argv: list[str] | None = None) -> None:
     eos = (tok.encode("<|im_end|>")[0],)
 
     def engine(stall_ms: float | None) -> Engine:
-        runner = SleepRunner(args.slots, args.decode_ms / 1e3, args.fixed_ms / 1e3, args.per_request_ms / 1e3)
+        runner = SleepRunner(args.slots, args.decode_ms / 1e3, args.fixed_ms / 1e3, args.per_request_ms / 1e3,
+                             args.host_fraction)
         cfg = EngineConfig(max_num_seqs=args.slots, cuda_graphs=False, max_decode_stall_ms=stall_ms)
         return Engine(runner, tok, cfg, eos)
 
@@ -132,7 +149,8 @@ def main(argv: list[str] | None = None) -> None:
     tokens = served.stats["generated_tokens"]
 
     serve_rate, offline_rate = tokens / serve_s, sum(c.num_generated_tokens for c in done) / offline_s
-    print(f"[serve_mock_bench] concurrency {args.concurrency}, stall limit {stall} ms: serve {serve_rate:.0f} tok/s, "
+    print(f"[serve_mock_bench] concurrency {args.concurrency}, stall limit {stall} ms, host fraction "
+          f"{args.host_fraction}: serve {serve_rate:.0f} tok/s, "
           f"offline {offline_rate:.0f} tok/s, ratio {serve_rate / offline_rate:.2f}; server CPU "
           f"{1e3 * cpu / max(tokens, 1):.2f} ms per streamed token; {served.stats['admissions']} admissions of "
           f"{served.stats['admitted'] / max(served.stats['admissions'], 1):.1f} requests", flush=True)
