@@ -244,3 +244,11 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def stuck_after_one(release):
+    """A row stream that yields 1 and then waits for `release` (a threading.Event) before its 2: a job whose
+    second row never comes, for the stall watchdog tests."""
+    yield 1
+    release.wait()
+    yield 2

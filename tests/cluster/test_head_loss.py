@@ -30,7 +30,7 @@ import pytest
 from pipeline.cluster_watch import ClusterWatch, accepts_connections, head_loss_s
 from pipeline.watchdog import JobStalledError, iterate_with_stall_timeout
 from tests.cluster.test_node_loss import images_parquet, output_ids
-from tests.conftest import free_port
+from tests.conftest import free_port, stuck_after_one
 
 ROOT = Path(__file__).resolve().parents[2]
 CAPTION = ROOT / "jobs" / "caption.py"
@@ -76,13 +76,7 @@ def test_the_watchdog_fails_early_when_the_head_is_lost():
     head = FakeHead()
     watch = head.watch(after_s=0.5, loss_stall_s=0.2)  # polls every 0.2 s
     release = threading.Event()
-
-    def stuck():
-        yield 1
-        release.wait()
-        yield 2
-
-    it = iterate_with_stall_timeout(stuck(), stall_s=3600, what="output row", watch=watch)
+    it = iterate_with_stall_timeout(stuck_after_one(release), stall_s=3600, what="output row", watch=watch)
     assert next(it) == 1
     head.up = False
     with pytest.raises(JobStalledError, match="lost the Ray head node"):

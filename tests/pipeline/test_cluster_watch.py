@@ -9,6 +9,7 @@ import pytest
 
 from pipeline.cluster_watch import ClusterWatch, preprocess_pool_cap
 from pipeline.watchdog import JobStalledError, iterate_with_stall_timeout
+from tests.conftest import stuck_after_one
 
 
 def node(nid: str, cpus: float, ip: str = "10.0.0.1") -> dict:
@@ -57,13 +58,7 @@ def test_the_watchdog_fails_early_on_what_the_watch_finds():
     fake.nodes = fake.nodes[:1]
     fake.actors.append({"State": "RESTARTING", "Pid": 0})
     release = threading.Event()
-
-    def stuck():
-        yield 1
-        release.wait()
-        yield 2
-
-    it = iterate_with_stall_timeout(stuck(), stall_s=3600, what="output row", watch=watch)
+    it = iterate_with_stall_timeout(stuck_after_one(release), stall_s=3600, what="output row", watch=watch)
     assert next(it) == 1
     with pytest.raises(JobStalledError, match="Lost since the job started: 10.0.0.7"):
         next(it)  # long before the hour of --stall-timeout
