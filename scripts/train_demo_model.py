@@ -39,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from safetensors.torch import load_file, save_file
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -162,6 +163,14 @@ def held_out(model, maker: ExampleMaker, n_scenes: int, device: torch.device, me
     return {k: sum(v) / len(v) for k, v in sorted(hits.items())}
 
 
+CELL_HEAD = "cell_head.safetensors"  # beside the exported parts, for --resume; never part of the model
+
+
+def save_cell_head(cells: CellHead | None, export_dir: Path | None) -> None:
+    if cells is not None and export_dir is not None:
+        save_file({k: v.detach().cpu() for k, v in cells.state_dict().items()}, export_dir / CELL_HEAD)
+
+
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", type=Path, default=ROOT / "demo" / "model")
@@ -234,6 +243,8 @@ def main(argv: list[str] | None = None) -> None:
     mean, std = tuple(pre["image_mean"]), tuple(pre["image_std"])  # as the engine's runner normalises uint8
     # the cell head trains beside the model and is never saved (demo/cell_head.py)
     cells = CellHead(cfg.text.hidden_size, cfg.vision.side).to(device) if args.cell_loss_weight else None
+    if cells is not None and args.resume and (args.resume / CELL_HEAD).exists():  # a resumed run's head goes on
+        cells.load_state_dict(load_file(args.resume / CELL_HEAD, device=str(device)))
     named = [*model.named_parameters(), *(cells.named_parameters("cell_head") if cells else ())]
     decay = [p for n, p in named if p.dim() >= 2 and "embed" not in n]
     rest = [p for n, p in named if not (p.dim() >= 2 and "embed" not in n)]
@@ -310,10 +321,12 @@ def main(argv: list[str] | None = None) -> None:
         if time.perf_counter() - last_save >= args.save_every_s:
             save(model, args.out, args.export_dir,
                  {"steps": step, "loss": smooth, "elapsed_s": offset + time.perf_counter() - t0})
+            save_cell_head(cells, args.export_dir)
             last_save = time.perf_counter()
         waited = time.perf_counter()  # saves and logging stay out of the data wait
     train_s = offset + time.perf_counter() - t0
     save(model, args.out, args.export_dir, {"steps": step, "loss": smooth, "elapsed_s": train_s})
+    save_cell_head(cells, args.export_dir)
     print(f"[train] {step} steps in {train_s:.0f} s; saved the weights", flush=True)
     model.eval()
     acc = held_out(model, maker, args.eval_scenes, device, mean, std)
