@@ -194,8 +194,7 @@ def distinct_crops(crops: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tenso
     return torch.tensor(unique, dtype=torch.long), torch.tensor(source, dtype=torch.long)
 
 
-def collate(examples: list[Example], pad_id: int, cfg: OneVisionConfig | None = None, length_multiple: int = 16,
-            crop_multiple: int = 1) -> dict:
+def collate(examples: list[Example], pad_id: int, cfg: OneVisionConfig | None = None) -> dict:
     """Right-padded ids/labels/segments/positions [B, S] and the media list (padding is never attended by real
     tokens: causal).
 
@@ -214,16 +213,13 @@ def collate(examples: list[Example], pad_id: int, cfg: OneVisionConfig | None = 
     splits = [x.shape[0] for x in crops]
     pixels = torch.cat(crops) if crops else torch.empty(0, dtype=torch.uint8)
     unique_crops, crop_source = distinct_crops(crops)
-    if len(unique_crops) % crop_multiple:  # repeats of the first crop: encoded, never gathered
-        extra = crop_multiple - len(unique_crops) % crop_multiple
-        unique_crops = torch.cat((unique_crops, unique_crops[:1].expand(extra)))
     views = iter(pixels.split(splits))
     media = [OneVisionMedia(images=[next(views) for _ in e.media.images], image_sizes=list(e.media.image_sizes),
                             videos=[next(views) for _ in e.media.videos]) for e in examples]
     # a multiple of 16: the trainer's additive [B, 1, S, S] mask then meets the memory-efficient SDPA kernel's
-    # alignment as it is, instead of being padded again in every layer. Coarser `length_multiple` and
-    # `crop_multiple` (the crops SigLIP encodes) give fewer distinct shapes per run (GEMM plans are per shape)
-    length = -(-max(len(e.ids) for e in examples) // length_multiple) * length_multiple
+    # alignment as it is, instead of being padded again in every layer (coarser buckets, for fewer distinct
+    # GEMM shapes, made no step faster on an H200: BENCHMARKS.md, session 9)
+    length = -(-max(len(e.ids) for e in examples) // 16) * 16
     ids = torch.full((len(examples), length), pad_id, dtype=torch.long)
     labels = torch.full((len(examples), length), -100, dtype=torch.long)
     segments = torch.full((len(examples), length), -1, dtype=torch.long)  # padding: a segment of its own

@@ -63,9 +63,9 @@ from models.random_weights import random_init  # noqa: E402
 class Stream(torch.utils.data.IterableDataset):
     def __init__(self, model_dir: Path, easy_vqa_dir: Path | None, batch: int, seed: int, hard_weight: float = 1.0,
                  extended_questions: bool = False, scene_turns: tuple[int, int] = (6, 12),
-                 easy_turns: tuple[int, int] = (3, 6), multiples: tuple[int, int] = (16, 1)):
+                 easy_turns: tuple[int, int] = (3, 6)):
         self.args = (model_dir, easy_vqa_dir, hard_weight, extended_questions, scene_turns, easy_turns)
-        self.batch, self.seed, self.multiples = batch, seed, multiples
+        self.batch, self.seed = batch, seed
 
     def __iter__(self):
         info = torch.utils.data.get_worker_info()
@@ -73,7 +73,7 @@ class Stream(torch.utils.data.IterableDataset):
         rng = np.random.default_rng([self.seed, info.id if info else 0])
         pad = maker.tok.pad_id or 0
         while True:
-            yield collate([maker.sample(rng) for _ in range(self.batch)], pad, maker.cfg, *self.multiples)
+            yield collate([maker.sample(rng) for _ in range(self.batch)], pad, maker.cfg)
 
 
 def batch_features(model, batch: dict, mean, std, keep: dict | None = None) -> torch.Tensor:
@@ -203,10 +203,6 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--turn-attention", choices=sorted(TURN_ATTENTION), default="split",
                     help="split: causal attention (flash) for all rows, the mask only for turn rows; masked: one "
                     "[S, S] mask for every query (the same result, ~20%% slower steps on an H200)")
-    ap.add_argument("--length-multiple", type=int, default=16, help="pad each batch's sequence length to a "
-                    "multiple of this (coarser: fewer distinct shapes)")
-    ap.add_argument("--crop-multiple", type=int, default=1, help="pad each batch's distinct crops to a "
-                    "multiple of this (coarser: fewer distinct shapes)")
     ap.add_argument("--cell-loss-weight", type=float, default=0.0, help="weight of a training-only head that "
                     "predicts every grid cell's shape, colour and size from the scene's vision features "
                     "(demo/cell_head.py; never saved); 0: off (the shipped weights' run; not yet measured on)")
@@ -251,8 +247,7 @@ def main(argv: list[str] | None = None) -> None:
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.01}, {"params": rest, "weight_decay": 0.0}],
                             lr=args.lr, betas=(0.9, 0.98), fused=device.type == "cuda")
     stream = Stream(args.out, args.easy_vqa_dir, args.batch, args.seed + step0,  # resumed runs see new data
-                    args.hard_weight, args.extended_questions, tuple(args.scene_turns), tuple(args.easy_turns),
-                    (args.length_multiple, args.crop_multiple))
+                    args.hard_weight, args.extended_questions, tuple(args.scene_turns), tuple(args.easy_turns))
     loader = torch.utils.data.DataLoader(stream, batch_size=None, num_workers=args.workers,
                                          pin_memory=device.type == "cuda",
                                          prefetch_factor=4 if args.workers else None, persistent_workers=False)
