@@ -241,5 +241,5 @@ def collate(examples: list[Example], pad_id: int, cfg: OneVisionConfig | None = 
             "pixels": pixels, "pixel_splits": splits, "unique_crops": unique_crops, "crop_source": crop_source,
             "kinds": [e.kind for e in examples], "cell_labels": cell_labels, "base_crop": base_crop,
             "answer_at": answer_at, "answer_tokens": target.flatten()[answer_at], **turn_index(segments),
-            **(feature_index(media, crop_source, cfg, len(unique_crops)) if cfg is not None else {})}
+            **(feature_index(media, crop_source, cfg) if cfg is not None else {})}
 
