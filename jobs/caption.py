@@ -222,4 +222,6 @@ def interrupted(config: JobConfig) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from pipeline.watchdog import exit_process
+
+    exit_process(main())

@@ -57,5 +57,13 @@ def main(argv: list[str] | None = None) -> int:
     return status if isinstance(status, int) else 0
 
 
+def run() -> None:
+    """The `vlmcap` console script: `main`, then the jobs' exit (pipeline/watchdog.py: a job stopped mid-stream
+    ends at once, so Ray Data's threads cannot crash the interpreter's shutdown)."""
+    from pipeline.watchdog import exit_process
+
+    exit_process(main())
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    run()

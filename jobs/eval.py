@@ -111,4 +111,6 @@ def _start_ray(verbose: bool) -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    from pipeline.watchdog import exit_process
+
+    exit_process(main())

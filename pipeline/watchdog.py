@@ -7,15 +7,20 @@ helper thread and raises `JobStalledError` in the caller when no item arrives fo
 the job exits with a clear message in bounded time. Rows already received are the caller's to commit.
 A `watch` (pipeline/cluster_watch.py) is polled while items are late: it may fail the job sooner (a lost
 node whose actors cannot be placed again) and words the stall message from what it sees.
+`exit_process` is the jobs' way out: a stream left mid-way (Ctrl-C, a stall) ends the process at once.
 """
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
 import queue
+import sys
 import threading
 import time
 from collections.abc import Iterable, Iterator
-from typing import TypeVar
+from typing import NoReturn, TypeVar
 
 T = TypeVar("T")
 _DONE = object()
@@ -26,6 +31,7 @@ class JobStalledError(RuntimeError):
 
 
 POLL_S = 5.0
+PUMP_THREAD = "stream-pump"
 
 
 def iterate_with_stall_timeout(items: Iterable[T], stall_s: float, what: str = "output",
@@ -45,7 +51,7 @@ def iterate_with_stall_timeout(items: Iterable[T], stall_s: float, what: str = "
             box.put(exc)
 
     # A daemon: after a stall it may stay blocked inside Ray until the process exits.
-    threading.Thread(target=pump, name="stream-pump", daemon=True).start()
+    threading.Thread(target=pump, name=PUMP_THREAD, daemon=True).start()
     last = time.monotonic()
     while True:
         idle = time.monotonic() - last
@@ -71,3 +77,18 @@ def iterate_with_stall_timeout(items: Iterable[T], stall_s: float, what: str = "
         if isinstance(item, BaseException):
             raise item
         yield item
+
+
+def exit_process(status: int) -> NoReturn:
+    """A job script's exit. A stream left mid-way (Ctrl-C, a stall) leaves its pump and Ray Data's executor
+    threads running inside Ray, and interpreter shutdown under them can crash the process (seen in CI: a
+    SIGSEGV from an interrupted caption job instead of its exit status 130, after its rows were committed).
+    Then the process ends at once, after flushing what it printed; a local Ray cluster goes with it (its
+    processes share the driver's fate) and a remote one sees the driver leave. Otherwise a normal exit."""
+    if any(t.name == PUMP_THREAD and t.is_alive() for t in threading.enumerate()):
+        logging.shutdown()
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(status)
+    sys.exit(status)

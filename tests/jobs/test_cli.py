@@ -36,7 +36,7 @@ def test_subcommand_runs_the_jobs_own_parser(capsys):
 
 def test_console_script_is_installed():
     scripts = {e.name: e.value for e in entry_points(group="console_scripts")}
-    assert scripts.get("vlmcap") == "jobs.cli:main"
+    assert scripts.get("vlmcap") == "jobs.cli:run"
     exe = shutil.which("vlmcap") or str(Path(sys.executable).with_name("vlmcap"))
     out = subprocess.run([exe, "--version"], capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout.startswith("vlmcap 0.")
