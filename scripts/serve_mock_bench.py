@@ -17,6 +17,15 @@ scheduler and the HTTP path alone are not what holds the endpoint below the offl
 the endpoint still streamed ~910 tok/s (2-core CPU, 2026-12-01), as with 0, so the event loop's share of the
 GIL did not slow the engine here either. Handing a step's tokens to the loop in one `call_soon_threadsafe`
 instead of one per stream measured the same (912-918 tok/s) and was not kept.
+`--ray-serve` runs the app as jobs/serve.py does (a Serve replica behind Serve's HTTP proxy) and `--image-size
+560` sends each request one JPEG that the replica's codec preprocesses. Measured 2026-12-01 (2-core CPU, Mllama
+metadata, host fraction 0.3, concurrency 64, 256 requests): in-process 0.88 at the default limit, 1.02 without;
+Ray Serve 0.81-0.84 and 0.90. Under Serve the engine thread's decode steps take longer (p50 19.2-19.9 ms, p90
+25.9 against 17.5 / 20.0 in-process, for a 16.5 ms mock step) while the replica's other threads hold the GIL
+~16% of the time (py-spy --gil) and the machine is half idle; `sys.setswitchinterval(2e-4)` and
+RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0 (RAY_SERVE_* variables are passed on to the replica) changed
+nothing. So Serve's threads in the replica slow the engine's own Python; an engine in its own process would not
+share that GIL.
 """
 
 from __future__ import annotations
@@ -43,10 +52,19 @@ from pipeline.serve.service import ChatService, ServeConfig  # noqa: E402
 
 TOKEN = 362  # an ordinary token of the Qwen2 vocabulary; logits are one-hot over [0, TOKEN]
 CLIENTS = r"""
-import http.client, json, sys, threading
-port, conc, total = map(int, sys.argv[1:4])
+import base64, http.client, io, json, sys, threading
+port, conc, total, size = map(int, sys.argv[1:5])
+content = "Say something."
+if size:  # one smooth JPEG, as the GPU bench sends (scripts/serve_bench.py)
+    import numpy as np
+    from PIL import Image
+    grid = np.random.default_rng(0).integers(0, 255, (8, 8, 3), dtype=np.uint8)
+    buf = io.BytesIO()
+    Image.fromarray(grid).resize((size, size), Image.BILINEAR).save(buf, "JPEG", quality=90)
+    url = "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+    content = [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": content}]
 body = json.dumps({"model": "model", "stream": True, "max_tokens": 64, "temperature": 0,
-                   "messages": [{"role": "user", "content": "Say something."}]}).encode()
+                   "messages": [{"role": "user", "content": content}]}).encode()
 left = [total]
 lock = threading.Lock()
 def client():
@@ -58,6 +76,7 @@ def client():
             left[0] -= 1
         conn.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
         resp = conn.getresponse()
+        assert resp.status == 200, resp.read()[:300]
         for _ in iter(resp.readline, b""):
             pass
 threads = [threading.Thread(target=client) for _ in range(conc)]
@@ -109,52 +128,125 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--host-fraction", type=float, default=0.0, help="share of each prefill and decode spent "
                     "busy in Python, holding the GIL (the real engine's launches); the rest sleeps")
     ap.add_argument("--model-dir", default=str(ROOT / "demo" / "model"), help="tokenizer and chat template")
+    ap.add_argument("--image-size", type=int, default=0, help="each request carries one JPEG of this size (as "
+                    "a data: URL), preprocessed by the model's codec in the server; 0: text only")
+    ap.add_argument("--ray-serve", action="store_true", help="serve through Ray Serve (proxy + replica actor, as "
+                    "jobs/serve.py runs) instead of uvicorn in this process")
     args = ap.parse_args(argv)
     stall = args.max_decode_stall_ms or None
     tok = Tokenizer.from_dir(args.model_dir)
-    eos = (tok.encode("<|im_end|>")[0],)
 
-    def engine(stall_ms: float | None) -> Engine:
-        runner = SleepRunner(args.slots, args.decode_ms / 1e3, args.fixed_ms / 1e3, args.per_request_ms / 1e3,
-                             args.host_fraction)
-        cfg = EngineConfig(max_num_seqs=args.slots, cuda_graphs=False, max_decode_stall_ms=stall_ms)
-        return Engine(runner, tok, cfg, eos)
-
-    offline = engine(None)  # the batch job's settings
+    offline = mock_engine(args, tok, None)  # the batch job's settings
     params = SamplingParams(max_new_tokens=64, ignore_eos=True)
     t0 = time.perf_counter()
     done = list(offline.generate(Request(str(i), tok.encode("Say something."), None, params)
                                  for i in range(args.requests)))
-    offline_s = time.perf_counter() - t0
+    offline_rate = sum(c.num_generated_tokens for c in done) / (time.perf_counter() - t0)
 
-    import uvicorn
+    cfg = ServeConfig(model=args.model_dir, served_model_name="model", max_num_seqs=args.slots, dtype="float32",
+                      cuda_graphs=False, max_decode_stall_ms=stall, engine_report_s=5.0, max_pending=4 * args.slots)
+    server = (OnRayServe if args.ray_serve else InProcess)(args, cfg)
+    try:
+        before, t0 = server.stats(), time.perf_counter()
+        subprocess.run([sys.executable, "-c", CLIENTS, str(server.port), str(args.concurrency), str(args.requests),
+                        str(args.image_size)], check=True)
+        serve_s, after = time.perf_counter() - t0, server.stats()
+    finally:
+        server.stop()
+    d = {k: after[k] - before[k] for k in ("cpu_s", "generated_tokens", "admissions", "admitted", "prefill_s")}
+    tokens, admissions = d["generated_tokens"], max(d["admissions"], 1)
+    nominal = (d["admissions"] * args.fixed_ms + d["admitted"] * args.per_request_ms) / 1e3
+    serve_rate = tokens / serve_s
+    print(f"[serve_mock_bench] {'Ray Serve' if args.ray_serve else 'in-process uvicorn'}, concurrency "
+          f"{args.concurrency}, image {args.image_size or 'none'}, stall limit {stall} ms, host fraction "
+          f"{args.host_fraction}: serve {serve_rate:.0f} tok/s, offline {offline_rate:.0f} tok/s, ratio "
+          f"{serve_rate / offline_rate:.2f}; server process CPU {1e3 * d['cpu_s'] / max(tokens, 1):.2f} ms per "
+          f"streamed token; {d['admissions']} admissions of {d['admitted'] / admissions:.1f} requests taking "
+          f"{1e3 * d['prefill_s'] / admissions:.0f} ms each ({d['prefill_s'] / max(nominal, 1e-9):.2f}x the mock's "
+          f"cost); decode gaps p50/p99/max {after['gaps_ms']} ms (mock step {args.decode_ms} ms)", flush=True)
 
-    cfg = ServeConfig(model=args.model_dir, max_num_seqs=args.slots, dtype="float32", cuda_graphs=False,
-                      max_decode_stall_ms=stall, engine_report_s=5.0)
-    served = engine(stall)
-    service = ChatService(cfg, engine=served)
-    server = uvicorn.Server(uvicorn.Config(build_app(service), host="127.0.0.1", port=0, log_level="warning",
-                                           lifespan="off"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    while not server.started:
-        time.sleep(0.05)
-    port = server.servers[0].sockets[0].getsockname()[1]
-    cpu0, t0 = time.process_time(), time.perf_counter()
-    subprocess.run([sys.executable, "-c", CLIENTS, str(port), str(args.concurrency), str(args.requests)], check=True)
-    serve_s, cpu = time.perf_counter() - t0, time.process_time() - cpu0
-    server.should_exit = True
-    thread.join(10)
-    service.shutdown()
-    tokens = served.stats["generated_tokens"]
 
-    serve_rate, offline_rate = tokens / serve_s, sum(c.num_generated_tokens for c in done) / offline_s
-    print(f"[serve_mock_bench] concurrency {args.concurrency}, stall limit {stall} ms, host fraction "
-          f"{args.host_fraction}: serve {serve_rate:.0f} tok/s, "
-          f"offline {offline_rate:.0f} tok/s, ratio {serve_rate / offline_rate:.2f}; server CPU "
-          f"{1e3 * cpu / max(tokens, 1):.2f} ms per streamed token; {served.stats['admissions']} admissions of "
-          f"{served.stats['admitted'] / max(served.stats['admissions'], 1):.1f} requests", flush=True)
+def mock_engine(args: argparse.Namespace, tok: Tokenizer, stall_ms: float | None) -> Engine:
+    runner = SleepRunner(args.slots, args.decode_ms / 1e3, args.fixed_ms / 1e3, args.per_request_ms / 1e3,
+                         args.host_fraction)
+    cfg = EngineConfig(max_num_seqs=args.slots, cuda_graphs=False, max_decode_stall_ms=stall_ms)
+    return Engine(runner, tok, cfg, ())  # the mock never samples a stop token: every answer runs to max_tokens
 
+
+def engine_stats(engine: Engine) -> dict:
+    gaps = engine.timer.gaps_ms()
+    return {"cpu_s": time.process_time(), **engine.stats,
+            "gaps_ms": None if gaps is None else tuple(round(g, 1) for g in gaps)}
+
+
+class InProcess:
+    """The app on uvicorn in a thread of this process (no Ray)."""
+
+    def __init__(self, args: argparse.Namespace, cfg: ServeConfig):
+        import uvicorn
+
+        self.engine = mock_engine(args, Tokenizer.from_dir(args.model_dir), cfg.max_decode_stall_ms)
+        self.service = ChatService(cfg, engine=self.engine)
+        self.server = uvicorn.Server(uvicorn.Config(build_app(self.service), host="127.0.0.1", port=0,
+                                                    log_level="warning", lifespan="off"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        while not self.server.started:
+            time.sleep(0.05)
+        self.port = self.server.servers[0].sockets[0].getsockname()[1]
+
+    def stats(self) -> dict:
+        return engine_stats(self.engine)
+
+    def stop(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+        self.service.shutdown()
+
+
+class OnRayServe:
+    """The app as a Ray Serve ingress deployment (one replica) behind Serve's HTTP proxy, as jobs/serve.py
+    runs it; the replica builds the same mock engine."""
+
+    def __init__(self, args: argparse.Namespace, cfg: ServeConfig):
+        import socket
+
+        import ray
+        from ray import serve
+
+        @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=cfg.max_pending + 16)
+        @serve.ingress()
+        class MockReplica:
+            def __init__(self, args: argparse.Namespace, cfg: ServeConfig):
+                self.engine = mock_engine(args, Tokenizer.from_dir(args.model_dir), cfg.max_decode_stall_ms)
+                self.service = ChatService(cfg, engine=self.engine)
+
+            def __serve_build_asgi_app__(self):
+                return build_app(self.service)
+
+            def stats(self) -> dict:
+                return engine_stats(self.engine)
+
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        import os
+
+        # Serve's own knobs (RAY_SERVE_*) set here reach the replica as well.
+        env = {k: v for k, v in os.environ.items() if k.startswith("RAY_SERVE_")}
+        ray.init(runtime_env={"env_vars": {"PYTHONPATH": str(ROOT), **env}}, logging_level="WARNING")
+        serve.start(http_options={"host": "127.0.0.1", "port": self.port})
+        self.handle = serve.run(MockReplica.bind(args, cfg), name="mock", route_prefix="/")
+
+    def stats(self) -> dict:
+        return self.handle.stats.remote().result()
+
+    def stop(self) -> None:
+        import ray
+        from ray import serve
+
+        serve.shutdown()
+        ray.shutdown()
 
 if __name__ == "__main__":
     main()

@@ -167,14 +167,15 @@ class Engine:
     def _decode_step(self) -> None:
         width = self.scheduler.decode_width
         seqs = list(self.scheduler.running.values())
-        tokens = torch.zeros(width, dtype=torch.long)
-        positions = torch.zeros(width, dtype=torch.long)
+        # Python lists, then one tensor each: a tensor item store per sequence cost ~4 us of host time, which
+        # the GPU waits for (each step ends in a sync), ~0.25 ms a step at 64 sequences.
+        tokens, positions = [0] * width, [0] * width
         for s in seqs:
             tokens[s.slot] = s.output[-1]
             positions[s.slot] = s.length - 1
         r = self.runner
-        r.tokens[:width].copy_(tokens, non_blocking=True)
-        r.positions[:width].copy_(positions, non_blocking=True)
+        r.tokens[:width].copy_(torch.tensor(tokens), non_blocking=True)
+        r.positions[:width].copy_(torch.tensor(positions), non_blocking=True)
         try:
             logits = self.decode(width)
         except Exception as exc:
