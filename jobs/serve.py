@@ -56,6 +56,8 @@ def parser() -> argparse.ArgumentParser:
                    "many new requests per step as fit this prefill time (0: full batches, best throughput)")
     p.add_argument("--engine-report-s", type=float, default=600.0, help="seconds between the replica's [engine] "
                    "lines (steps, admissions, token gaps)")
+    p.add_argument("--engine-process", action="store_true", help="run each replica's engine in a process of its "
+                   "own, so its steps do not share the GIL with the HTTP side (pipeline/serve/engine_process.py)")
     p.add_argument("--random-weights", action="store_true", help="benchmarks: random weights at the real shapes")
     p.add_argument("--no-ray", action="store_true", help="serve from this process with uvicorn, without Ray")
     p.add_argument("--verbose", action="store_true", help="Ray's and Serve's own logs")
@@ -70,7 +72,8 @@ def config_from_args(a: argparse.Namespace) -> ServeConfig:
                        default_max_tokens=a.max_tokens, max_n=a.max_n, num_frames=a.num_frames, tp=a.tp,
                        dtype=a.dtype, cuda_graphs=not a.no_cuda_graphs, random_weights=a.random_weights,
                        max_body_bytes=int(a.max_body_mb * 2**20), media=media,
-                       max_decode_stall_ms=a.max_decode_stall_ms or None, engine_report_s=a.engine_report_s)
+                       max_decode_stall_ms=a.max_decode_stall_ms or None, engine_report_s=a.engine_report_s,
+                       engine_process=a.engine_process)
 
 
 def _argv_from_dict(args: dict) -> list[str]:

@@ -36,6 +36,7 @@ import sys
 import threading
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -130,6 +131,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--model-dir", default=str(ROOT / "demo" / "model"), help="tokenizer and chat template")
     ap.add_argument("--image-size", type=int, default=0, help="each request carries one JPEG of this size (as "
                     "a data: URL), preprocessed by the model's codec in the server; 0: text only")
+    ap.add_argument("--engine-process", action="store_true", help="the served engine in a process of its own "
+                    "(pipeline/serve/engine_process.py), as jobs/serve.py --engine-process runs it")
     ap.add_argument("--ray-serve", action="store_true", help="serve through Ray Serve (proxy + replica actor, as "
                     "jobs/serve.py runs) instead of uvicorn in this process")
     args = ap.parse_args(argv)
@@ -157,7 +160,9 @@ def main(argv: list[str] | None = None) -> None:
     tokens, admissions = d["generated_tokens"], max(d["admissions"], 1)
     nominal = (d["admissions"] * args.fixed_ms + d["admitted"] * args.per_request_ms) / 1e3
     serve_rate = tokens / serve_s
-    print(f"[serve_mock_bench] {'Ray Serve' if args.ray_serve else 'in-process uvicorn'}, concurrency "
+    where = "Ray Serve" if args.ray_serve else "in-process uvicorn"
+    where += ", engine process" if args.engine_process else ""
+    print(f"[serve_mock_bench] {where}, concurrency "
           f"{args.concurrency}, image {args.image_size or 'none'}, stall limit {stall} ms, host fraction "
           f"{args.host_fraction}: serve {serve_rate:.0f} tok/s, offline {offline_rate:.0f} tok/s, ratio "
           f"{serve_rate / offline_rate:.2f}; server process CPU {1e3 * d['cpu_s'] / max(tokens, 1):.2f} ms per "
@@ -173,9 +178,28 @@ def mock_engine(args: argparse.Namespace, tok: Tokenizer, stall_ms: float | None
     return Engine(runner, tok, cfg, ())  # the mock never samples a stop token: every answer runs to max_tokens
 
 
-def engine_stats(engine: Engine) -> dict:
-    gaps = engine.timer.gaps_ms()
-    return {"cpu_s": time.process_time(), **engine.stats,
+def child_engine(args: argparse.Namespace, stall_ms: float | None) -> Engine:
+    """The factory an engine process runs (pipeline/serve/engine_process.py resolves it by this file's path)."""
+    return mock_engine(args, Tokenizer.from_dir(args.model_dir), stall_ms)
+
+
+def served_engine(args: argparse.Namespace, cfg: ServeConfig) -> tuple[Any, Engine | None]:
+    """(what ChatService gets, the engine when it runs in this process)."""
+    if args.engine_process:
+        from pipeline.serve.engine_process import ProcessDriver
+        from pipeline.serve.stream_engine import AsyncEngine
+
+        driver = ProcessDriver(f"{Path(__file__).resolve()}:child_engine", (args, cfg.max_decode_stall_ms),
+                               Tokenizer.from_dir(args.model_dir), cfg.engine_report_s)
+        return AsyncEngine(driver), None
+    engine = mock_engine(args, Tokenizer.from_dir(args.model_dir), cfg.max_decode_stall_ms)
+    return engine, engine
+
+
+def engine_stats(service: ChatService, engine: Engine | None) -> dict:
+    """The replica's process CPU time and the engine's counters (token gaps only from an engine in this process)."""
+    gaps = engine.timer.gaps_ms() if engine is not None else None
+    return {"cpu_s": time.process_time(), **service.engine.stats,
             "gaps_ms": None if gaps is None else tuple(round(g, 1) for g in gaps)}
 
 
@@ -185,8 +209,8 @@ class InProcess:
     def __init__(self, args: argparse.Namespace, cfg: ServeConfig):
         import uvicorn
 
-        self.engine = mock_engine(args, Tokenizer.from_dir(args.model_dir), cfg.max_decode_stall_ms)
-        self.service = ChatService(cfg, engine=self.engine)
+        served, self.engine = served_engine(args, cfg)
+        self.service = ChatService(cfg, engine=served)
         self.server = uvicorn.Server(uvicorn.Config(build_app(self.service), host="127.0.0.1", port=0,
                                                     log_level="warning", lifespan="off"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)
@@ -196,7 +220,7 @@ class InProcess:
         self.port = self.server.servers[0].sockets[0].getsockname()[1]
 
     def stats(self) -> dict:
-        return engine_stats(self.engine)
+        return engine_stats(self.service, self.engine)
 
     def stop(self) -> None:
         self.server.should_exit = True
@@ -218,14 +242,14 @@ class OnRayServe:
         @serve.ingress()
         class MockReplica:
             def __init__(self, args: argparse.Namespace, cfg: ServeConfig):
-                self.engine = mock_engine(args, Tokenizer.from_dir(args.model_dir), cfg.max_decode_stall_ms)
-                self.service = ChatService(cfg, engine=self.engine)
+                served, self.engine = served_engine(args, cfg)
+                self.service = ChatService(cfg, engine=served)
 
             def __serve_build_asgi_app__(self):
                 return build_app(self.service)
 
             def stats(self) -> dict:
-                return engine_stats(self.engine)
+                return engine_stats(self.service, self.engine)
 
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))

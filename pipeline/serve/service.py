@@ -73,6 +73,9 @@ class ServeConfig:
     max_body_bytes: int = 64 * 2**20
     media: MediaLimits = field(default_factory=MediaLimits)
     engine_report_s: float = 600.0
+    # The engine in a process of its own (pipeline/serve/engine_process.py): its steps do not share the
+    # replica's GIL with the event loop and Serve's threads.
+    engine_process: bool = False
 
     @property
     def model_name(self) -> str:
@@ -99,10 +102,13 @@ class ChatService:
         self.job = resolve_max_model_len(job)
         self.codec = codec_for(model_dir, self.job)
         self.replica = None
-        self.engine = AsyncEngine(engine if engine is not None else self._build_engine(model_dir),
-                                  config.engine_report_s)
+        if engine is None:
+            self.engine = self._build_engine(model_dir)
+        else:  # tests and benchmarks: a prebuilt engine (run in a thread here) or AsyncEngine
+            self.engine = engine if isinstance(engine, AsyncEngine) else AsyncEngine.in_thread(engine,
+                                                                                             config.engine_report_s)
         self.max_len = self.job.max_model_len
-        slots = len(self.engine.streaming.scheduler.free) + self.engine.running_count()
+        slots = self.engine.slots()
         self.max_pending = config.max_pending if config.max_pending is not None else 2 * slots
         videos = 1 if "video" in self.codec.max_media_tokens() else 0
         self.limits = dataclasses.replace(config.media, max_images=min(config.media.max_images,
@@ -114,10 +120,9 @@ class ChatService:
         _request_log()
         self.ready = True
 
-    def _build_engine(self, model_dir: str):
+    def _build_engine(self, model_dir: str) -> AsyncEngine:
         import torch
 
-        from pipeline.engine.builder import build_engine
         from pipeline.engine.config import EngineConfig
 
         c = self.config
@@ -125,6 +130,18 @@ class ChatService:
                            dtype=c.dtype if torch.cuda.is_available() else "float32",
                            max_images_per_request=self.codec.max_images_per_request,
                            max_prefill_requests=c.max_prefill_requests, max_decode_stall_ms=c.max_decode_stall_ms)
+        if c.engine_process:
+            from pipeline.serve.engine_process import ProcessDriver
+
+            return AsyncEngine(ProcessDriver("pipeline.serve.engine_process:build_serve_engine",
+                                             (model_dir, cfg, c.tp, c.random_weights), self.codec.tokenizer,
+                                             c.engine_report_s))
+        return AsyncEngine.in_thread(self._engine_in_this_process(model_dir, cfg), c.engine_report_s)
+
+    def _engine_in_this_process(self, model_dir: str, cfg: Any) -> Any:
+        from pipeline.engine.builder import build_engine
+
+        c = self.config
         if c.tp > 1:
             from pipeline.engine.tp_engine import build_tp_engine
 
@@ -201,7 +218,7 @@ class ChatService:
 
     def shutdown(self) -> None:
         self.ready = False
-        self.engine.thread.stop()
+        self.engine.stop()
         self.pool.shutdown(wait=False)
         if self.replica is not None:
             self.replica.shutdown()

@@ -20,6 +20,7 @@ import asyncio
 import logging
 import threading
 from collections.abc import AsyncIterator, Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -40,8 +41,11 @@ class ServeRequest(Request):
 class StreamingEngine:
     """Duck-types the engine for `EngineThread` (add / step / has_work / scheduler / stats)."""
 
-    def __init__(self, engine: Any):
+    def __init__(self, engine: Any, hand_off: Callable[[list[tuple[ServeRequest, list[int]]]], None] | None = None):
         self.engine = engine
+        # None: each request's new tokens go to its own event loop (`ServeRequest.loop`); else every
+        # ServeRequest's go to `hand_off` (the engine process sends them to the replica).
+        self.hand_off = hand_off
         self.cancels = 0  # bumped on every cancel(); the step scans only when it changed
         self._seen_cancels = 0
         self._ready: list[Completion] = []
@@ -81,19 +85,20 @@ class StreamingEngine:
             done.extend(self._drop_cancelled())
         if self.engine.has_work():
             done.extend(self.engine.step())
-        handoffs: dict[asyncio.AbstractEventLoop, list[tuple[ServeRequest, list[int]]]] = {}
+        fresh = []
         for seq in self.engine.scheduler.running.values():
             r = seq.request
-            if isinstance(r, ServeRequest) and r.loop is not None and len(seq.output) > r.published:
-                handoffs.setdefault(r.loop, []).append((r, seq.output[r.published:]))
+            if (isinstance(r, ServeRequest) and (r.loop is not None or self.hand_off is not None)
+                    and len(seq.output) > r.published):
+                fresh.append((r, seq.output[r.published:]))
                 r.published = len(seq.output)
-        for loop, batch in handoffs.items():
-            try:
-                loop.call_soon_threadsafe(_deliver, batch)
-            except RuntimeError:  # its event loop is closed: nobody reads these streams; the engine goes on
-                for r, _ in batch:
-                    r.cancelled = True
-                self.cancels += 1
+        if fresh and self.hand_off is not None:
+            self.hand_off(fresh)
+        elif fresh:
+            unread = to_event_loops(fresh)
+            for r in unread:  # nobody reads these streams any more; the engine goes on
+                r.cancelled = True
+            self.cancels += bool(unread)
         return done
 
     def _drop_cancelled(self) -> list[Completion]:
@@ -110,8 +115,8 @@ class StreamingEngine:
         return out
 
 
-class AsyncEngine:
-    """The replica's engine thread, shared by every request of the event loop that calls it."""
+class ThreadDriver:
+    """The engine in a thread of this process (`EngineThread` over a `StreamingEngine`)."""
 
     def __init__(self, engine: Any, report_s: float = 60.0):
         self.streaming = StreamingEngine(engine)
@@ -122,16 +127,66 @@ class AsyncEngine:
     def tokenizer(self) -> Any:
         return self.streaming.tokenizer
 
+    @property
+    def stats(self) -> dict:
+        return self.streaming.stats
+
+    def slots(self) -> int:
+        return len(self.streaming.scheduler.free) + self.running_count()
+
     def running_count(self) -> int:
         return self.streaming.running_count()
 
     def alive(self) -> bool:
         return self.thread.thread.is_alive()
 
+    def submit(self, request: ServeRequest) -> Future:
+        return self.thread.submit(request)
+
     def cancel(self, request: ServeRequest) -> None:
         request.cancelled = True
         with self._lock:
             self.streaming.cancels += 1
+
+    def stop(self) -> None:
+        self.thread.stop()
+
+
+class AsyncEngine:
+    """The replica's engine, shared by every request of the event loop that calls it, behind a driver:
+    `ThreadDriver` (a thread of this process) or `pipeline.serve.engine_process.ProcessDriver` (a process of
+    its own). A driver has `tokenizer`, `stats`, `slots()`, `running_count()`, `alive()`, `submit(request) ->
+    concurrent Future`, `cancel(request)` and `stop()`, and hands tokens to `request.loop` as they come."""
+
+    def __init__(self, driver: Any):
+        self.driver = driver
+
+    @classmethod
+    def in_thread(cls, engine: Any, report_s: float = 60.0) -> AsyncEngine:
+        return cls(ThreadDriver(engine, report_s))
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.driver.tokenizer
+
+    @property
+    def stats(self) -> dict:
+        return self.driver.stats
+
+    def slots(self) -> int:
+        return self.driver.slots()
+
+    def running_count(self) -> int:
+        return self.driver.running_count()
+
+    def alive(self) -> bool:
+        return self.driver.alive()
+
+    def cancel(self, request: ServeRequest) -> None:
+        self.driver.cancel(request)
+
+    def stop(self) -> None:
+        self.driver.stop()
 
     async def submit(self, request: ServeRequest) -> Completion:
         # Not `asyncio.wrap_future`: cancelling the awaiting task would cancel the thread's Future, and the
@@ -143,7 +198,7 @@ class AsyncEngine:
             if not result.done():
                 result.set_result(f.result())
 
-        self.thread.submit(request).add_done_callback(lambda f: loop.call_soon_threadsafe(resolve, f))
+        self.driver.submit(request).add_done_callback(lambda f: loop.call_soon_threadsafe(resolve, f))
         return await result
 
     async def stream(self, requests: list[ServeRequest]) -> AsyncIterator[tuple[int, str, Any]]:
@@ -157,7 +212,7 @@ class AsyncEngine:
         pending = set(range(len(requests)))
         try:
             for i, r in enumerate(requests):
-                fut = self.thread.submit(r)
+                fut = self.driver.submit(r)
                 # Resolved after the step that published the last tokens: the queue keeps that order.
                 fut.add_done_callback(lambda f, i=i: loop.call_soon_threadsafe(queue.put_nowait, (i, "done", f)))
             while pending:
@@ -172,6 +227,22 @@ class AsyncEngine:
         finally:
             for i in pending:
                 self.cancel(requests[i])
+
+
+def to_event_loops(fresh: list[tuple[ServeRequest, list[int]]]) -> list[ServeRequest]:
+    """Hand new tokens to their requests' event loops, one `call_soon_threadsafe` per loop; returns the
+    requests whose loop is closed."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[tuple[ServeRequest, list[int]]]] = {}
+    for r, ids in fresh:
+        if r.loop is not None:
+            by_loop.setdefault(r.loop, []).append((r, ids))
+    unread = []
+    for loop, batch in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_deliver, batch)
+        except RuntimeError:  # "Event loop is closed"
+            unread += [r for r, _ in batch]
+    return unread
 
 
 def _deliver(batch: list[tuple[ServeRequest, list[int]]]) -> None:

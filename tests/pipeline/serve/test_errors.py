@@ -72,7 +72,7 @@ def test_admission_429_and_a_dropped_stream_frees_its_slot(http, ov_service, kit
     monkeypatch.setattr(ov_service, "max_pending", 1)
     messages = kit.image_message("Tell me everything.", kit.png(seed=9))
     body = {"model": ov_service.model_name, "messages": messages, "stream": True, "max_tokens": 800}
-    stats = ov_service.engine.streaming.stats
+    stats = ov_service.engine.stats
     before = stats["generated_tokens"]
     with http.stream("POST", "/v1/chat/completions", json=body) as r:
         lines = r.iter_lines()
@@ -111,7 +111,7 @@ def test_a_dropped_non_streaming_request_is_cancelled(ov_server, ov_service, kit
     import socket
     from urllib.parse import urlsplit
 
-    stats = ov_service.engine.streaming.stats
+    stats = ov_service.engine.stats
     before = stats["generated_tokens"]
     body = json.dumps({"model": ov_service.model_name, "max_tokens": 800,
                        "messages": kit.image_message("Tell me everything.", kit.png(seed=9))}).encode()
