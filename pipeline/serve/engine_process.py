@@ -159,8 +159,7 @@ def _child_main(conn: Any, factory: str, args: tuple, report_s: float, parent_pi
                 thread.submit(r).add_done_callback(finished)
             elif kind == "cancel" and payload in live:
                 live[payload].cancelled = True
-                with lock:
-                    streaming.cancels += 1
+                streaming.note_cancel()
             elif kind == "stop":
                 thread.stop()
                 return

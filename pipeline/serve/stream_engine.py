@@ -10,8 +10,9 @@ inside that same thread (so the engine is never touched from two threads):
 - a `ServeRequest` whose `cancelled` flag is set (the client went away) is taken out of the waiting queue or
   its running slot is released at the start of the next step, and completes with
   `finish_reason="error", error="cancelled: ..."`, so its slot serves the next request.
-`AsyncEngine` bridges to asyncio: `submit` returns an awaitable future, `stream` an async iterator of
-`("tokens", ids)` events ending with `("done", completion)`.
+`AsyncEngine` bridges to asyncio over a driver that runs the engine in a thread of this process
+(`ThreadDriver`) or in a process of its own (pipeline/serve/engine_process.py): `submit` returns an awaitable
+future, `stream` an async iterator of `("tokens", ids)` events ending with `("done", completion)`.
 """
 
 from __future__ import annotations
@@ -46,7 +47,8 @@ class StreamingEngine:
         # None: each request's new tokens go to its own event loop (`ServeRequest.loop`); else every
         # ServeRequest's go to `hand_off` (the engine process sends them to the replica).
         self.hand_off = hand_off
-        self.cancels = 0  # bumped on every cancel(); the step scans only when it changed
+        self.cancels = 0  # bumped on every cancel (`note_cancel`); the step scans only when it changed
+        self._cancel_lock = threading.Lock()
         self._seen_cancels = 0
         self._ready: list[Completion] = []
 
@@ -75,6 +77,11 @@ class StreamingEngine:
     def has_work(self) -> bool:
         return bool(self._ready) or self.engine.has_work()
 
+    def note_cancel(self) -> None:
+        """After setting a request's `cancelled` flag (from any thread): the next step looks for it."""
+        with self._cancel_lock:
+            self.cancels += 1
+
     def running_count(self) -> int:
         return len(self.engine.scheduler.running)
 
@@ -98,7 +105,7 @@ class StreamingEngine:
             unread = to_event_loops(fresh)
             for r in unread:  # nobody reads these streams any more; the engine goes on
                 r.cancelled = True
-            self.cancels += bool(unread)
+                self.note_cancel()
         return done
 
     def _drop_cancelled(self) -> list[Completion]:
@@ -121,7 +128,6 @@ class ThreadDriver:
     def __init__(self, engine: Any, report_s: float = 60.0):
         self.streaming = StreamingEngine(engine)
         self.thread = EngineThread(self.streaming, report_s)
-        self._lock = threading.Lock()
 
     @property
     def tokenizer(self) -> Any:
@@ -145,8 +151,7 @@ class ThreadDriver:
 
     def cancel(self, request: ServeRequest) -> None:
         request.cancelled = True
-        with self._lock:
-            self.streaming.cancels += 1
+        self.streaming.note_cancel()
 
     def stop(self) -> None:
         self.thread.stop()
