@@ -73,7 +73,8 @@ class ProcessDriver:
     def submit(self, request: ServeRequest) -> Future:
         fut: Future = Future()
         self.requests[request.request_id] = (request, fut)
-        if not self._send(("add", Request(request.request_id, request.prompt_ids, request.media, request.sampling))):
+        if self.dead or not self._send(("add", Request(request.request_id, request.prompt_ids, request.media,
+                                                       request.sampling))):
             self.requests.pop(request.request_id, None)
             fut.set_result(Completion.failed(request, "engine_error: the engine process is not running"))
         return fut
