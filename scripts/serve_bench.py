@@ -25,227 +25,25 @@ Contract:
   The server's and the child's output go to `--server-log` (default: the JSON's name + .server.log).
 - Every phase has its own timeout, all within `--budget-s`; the JSON (`--json`) is rewritten after every
   phase, so a later failure keeps the earlier results. Exit status 0 when every phase ran without errors.
-Only the standard library talks HTTP (the GPU machine has no httpx).
+Only the standard library talks HTTP (the GPU machine has no httpx). The client is scripts/serve_bench_client.py,
+the server's process handling scripts/serve_bench_server.py.
 """
 
 from __future__ import annotations
 
 import argparse
-import base64
-import contextlib
-import http.client
-import io
 import json
 import os
-import signal
-import socket
 import subprocess
 import sys
-import threading
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))  # the offline worker imports the project (not installed on the GPU machine)
 
-from pipeline.serve.loadgen import percentile  # noqa: E402  (nearest rank; loadgen imports httpx only to send)
-
-QUESTION = "Describe this image in one sentence."
-
-
-def jpeg_url(size: int, seed: int) -> str:
-    """A smooth random image (an upscaled 8x8 colour grid + mild noise): compresses like a photo, not like noise."""
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(seed)
-    img = Image.fromarray(rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)).resize((size, size), Image.BICUBIC)
-    px = np.asarray(img, dtype=np.int16) + rng.integers(-12, 13, (size, size, 3), dtype=np.int16)
-    buf = io.BytesIO()
-    Image.fromarray(px.clip(0, 255).astype(np.uint8)).save(buf, "JPEG", quality=90)
-    return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
-
-
-def make_bodies(model: str, n: int, size: int, max_tokens: int) -> list[dict]:
-    return [{"model": model, "stream": True, "stream_options": {"include_usage": True}, "temperature": 0,
-             "max_tokens": max_tokens, "messages": [{"role": "user", "content": [
-                 {"type": "image_url", "image_url": {"url": jpeg_url(size, seed)}},
-                 {"type": "text", "text": QUESTION}]}]} for seed in range(n)]
-
-
-# --- the client -------------------------------------------------------------------------------------------
-def stream_one(conn: http.client.HTTPConnection, body: bytes) -> dict:
-    """One streamed request on a kept-alive connection: timings (seconds from send) and usage, or an error."""
-    t0 = time.perf_counter()
-    conn.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
-    resp = conn.getresponse()
-    if resp.status != 200:
-        return {"error": f"HTTP {resp.status}: {resp.read()[:300].decode(errors='replace')}"}
-    first = content = last = None
-    usage, error = None, None
-    for line in iter(resp.readline, b""):
-        if not line.startswith(b"data: "):
-            continue
-        now = time.perf_counter() - t0
-        data = line[6:].strip()
-        if data == b"[DONE]":
-            break
-        chunk = json.loads(data)
-        if "error" in chunk:
-            error = f"stream error: {chunk['error'].get('message')}"
-        for choice in chunk.get("choices") or ():
-            first = now if first is None else first
-            if content is None and choice["delta"].get("content"):
-                content = now
-            if choice.get("finish_reason") is not None:
-                last = now
-        usage = chunk.get("usage") or usage
-    resp.read()  # the chunked body's end, so the connection can carry the next request
-    total = time.perf_counter() - t0
-    if error or usage is None or first is None or last is None:
-        return {"error": error or f"incomplete stream (first={first}, last={last}, usage={usage})"}
-    tokens = usage["completion_tokens"]
-    return {"ttft": first, "ttft_content": content, "latency": total, "tokens": tokens,
-            "tpot": (last - first) / (tokens - 1) if tokens > 1 else None}
-
-
-def run_level(port: int, bodies: list[bytes], concurrency: int, timeout_s: float, read_timeout_s: float) -> dict:
-    """`concurrency` threads send `bodies` back to back; none starts a request after `timeout_s`."""
-    results: list[dict] = []
-    lock, nxt = threading.Lock(), iter(range(len(bodies)))
-    deadline = time.perf_counter() + timeout_s
-
-    def client() -> None:
-        conn = http.client.HTTPConnection("127.0.0.1", port, timeout=read_timeout_s)
-        while time.perf_counter() < deadline:
-            with lock:
-                k = next(nxt, None)
-            if k is None:
-                break
-            try:
-                r = stream_one(conn, bodies[k])
-            except (OSError, http.client.HTTPException, ValueError) as exc:
-                r = {"error": f"{type(exc).__name__}: {exc}"}
-                conn.close()  # reconnects on the next request
-            with lock:
-                results.append(r)
-        conn.close()
-
-    start = time.perf_counter()
-    threads = [threading.Thread(target=client, daemon=True) for _ in range(concurrency)]
-    for t in threads:
-        t.start()
-    for t in threads:  # each ends by the deadline plus one request's read timeout at most
-        t.join()
-    wall = time.perf_counter() - start
-    ok = [r for r in results if "error" not in r]
-    errors = [r["error"] for r in results if "error" in r]
-    tokens = sum(r["tokens"] for r in ok)
-
-    def pct(key: str, q: float) -> float | None:
-        ms = [r[key] * 1e3 for r in ok if r.get(key) is not None]
-        return round(percentile(ms, q), 2) if ms else None
-
-    return {"concurrency": concurrency, "requests": len(bodies), "sent": len(results), "ok": len(ok),
-            "errors": len(errors), "first_errors": errors[:3], "timed_out": len(results) < len(bodies),
-            "wall_s": round(wall, 3), "requests_per_s": round(len(ok) / wall, 3),
-            "output_tokens_per_s": round(tokens / wall, 1), "completion_tokens": tokens,
-            "mean_tokens": round(tokens / len(ok), 1) if ok else None,
-            **{f"{k}_p{q}_ms": pct(k, q) for k in ("ttft", "tpot", "latency") for q in (50, 99)},
-            "ttft_content_p50_ms": pct("ttft_content", 50)}
-
-
-# --- the server -------------------------------------------------------------------------------------------
-def free_port() -> int:
-    with socket.socket() as s:  # the OS picks it; the server then binds it
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def get_json(port: int, path: str) -> tuple[int, dict | None]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=5) as r:
-            return r.status, json.loads(r.read())
-    except urllib.error.HTTPError as e:
-        return e.code, None
-    except (OSError, ValueError):
-        return 0, None
-
-
-def start_server(args, port: int, log) -> subprocess.Popen:
-    cmd = [sys.executable, str(ROOT / "jobs" / "serve.py"), "--model", args.model_dir, "--port", str(port),
-           "--max-num-seqs", str(args.max_num_seqs)] + (["--random-weights"] if args.random_weights else []) \
-        + (["--no-ray"] if args.no_ray else []) + args.serve_arg
-    env = dict(os.environ, PYTHONUNBUFFERED="1",
-               PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
-    if "RAY_ADDRESS" not in env and Path("/tmp/ray/ray_current_cluster").exists():
-        env["RAY_ADDRESS"] = "local"  # another `ray start` cluster here: ray.init() would join it, not start ours
-    print(f"[serve_bench] starting: {' '.join(cmd)}", flush=True)
-    # Own session: Ray's processes (GCS, raylet, workers) join the server's group, so cleanup finds them all.
-    return subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT, start_new_session=True)
-
-
-def wait_ready(proc: subprocess.Popen, port: int, timeout_s: float) -> float:
-    t0 = time.perf_counter()
-    while time.perf_counter() - t0 < timeout_s:
-        if proc.poll() is not None:
-            raise RuntimeError(f"the server exited with status {proc.returncode} before it was ready")
-        status, body = get_json(port, "/health")
-        if status == 200 and body == {"status": "ok"}:
-            return time.perf_counter() - t0
-        time.sleep(1.0)
-    raise TimeoutError(f"GET /health not ready after {timeout_s:.0f} s")
-
-
-def session_pids(sid: int) -> list[int]:
-    """Every process of the server's session: Ray's actor workers get process groups of their own, so the
-    session (not the group) is what holds all of the server together."""
-    pids = []
-    for name in os.listdir("/proc"):
-        if name.isdigit():
-            try:
-                if os.getsid(int(name)) == sid:
-                    pids.append(int(name))
-            except OSError:  # gone meanwhile, or not ours to see
-                pass
-    return pids
-
-
-def stop_server(proc: subprocess.Popen, timeout_s: float) -> dict:
-    """Ctrl-C (SIGINT to the server alone: Serve drains, Ray shuts down), then whatever of its session is left."""
-    t0, out = time.perf_counter(), {}
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout_s)
-        except subprocess.TimeoutExpired:
-            out["forced"] = "server did not stop on SIGINT"
-    for sig, grace in ((None, 10.0), (signal.SIGTERM, 10.0), (signal.SIGKILL, 5.0)):  # None: Ray ends them itself
-        left = [p for p in session_pids(proc.pid) if p != os.getpid()]
-        if not left:
-            break
-        if sig is not None:
-            out.setdefault("leftovers", []).append(f"{sig.name} to {len(left)}: " + "; ".join(
-                Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace").strip()[:80]
-                for p in left[:5] if Path(f"/proc/{p}").exists()))
-            for p in left:
-                with contextlib.suppress(OSError):
-                    os.kill(p, sig)
-        end = time.perf_counter() + grace
-        while proc.poll() is None or session_pids(proc.pid):  # poll() reaps the server itself
-            if time.perf_counter() > end:
-                break
-            time.sleep(0.2)
-    out.update(exit_status=proc.poll(), stop_s=round(time.perf_counter() - t0, 1),
-               left_alive=len(session_pids(proc.pid)))
-    return out
-
-
-def log_tail(path: Path, n: int = 25) -> str:
-    lines = [x for x in path.read_text(errors="replace").splitlines() if "Warning" not in x]
-    return "\n".join(lines[-n:])
+from serve_bench_client import make_bodies, run_level  # noqa: E402  (this script's folder is on the path)
+from serve_bench_server import free_port, get_json, log_tail, start_server, stop_server, wait_ready  # noqa: E402
 
 
 # --- the offline engine (child process) -------------------------------------------------------------------

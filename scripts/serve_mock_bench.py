@@ -31,6 +31,7 @@ share that GIL.
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import threading
@@ -53,17 +54,12 @@ from pipeline.serve.service import ChatService, ServeConfig  # noqa: E402
 
 TOKEN = 362  # an ordinary token of the Qwen2 vocabulary; logits are one-hot over [0, TOKEN]
 CLIENTS = r"""
-import base64, http.client, io, json, sys, threading
+import http.client, json, sys, threading
 port, conc, total, size = map(int, sys.argv[1:5])
 content = "Say something."
-if size:  # one smooth JPEG, as the GPU bench sends (scripts/serve_bench.py)
-    import numpy as np
-    from PIL import Image
-    grid = np.random.default_rng(0).integers(0, 255, (8, 8, 3), dtype=np.uint8)
-    buf = io.BytesIO()
-    Image.fromarray(grid).resize((size, size), Image.BILINEAR).save(buf, "JPEG", quality=90)
-    url = "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
-    content = [{"type": "image_url", "image_url": {"url": url}}, {"type": "text", "text": content}]
+if size:  # one smooth JPEG, as the GPU bench sends
+    from serve_bench_client import jpeg_url
+    content = [{"type": "image_url", "image_url": {"url": jpeg_url(size, 0)}}, {"type": "text", "text": content}]
 body = json.dumps({"model": "model", "stream": True, "max_tokens": 64, "temperature": 0,
                    "messages": [{"role": "user", "content": content}]}).encode()
 left = [total]
@@ -151,8 +147,9 @@ def main(argv: list[str] | None = None) -> None:
     server = (OnRayServe if args.ray_serve else InProcess)(args, cfg)
     try:
         before, t0 = server.stats(), time.perf_counter()
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join((str(ROOT / "scripts"), str(ROOT))))
         subprocess.run([sys.executable, "-c", CLIENTS, str(server.port), str(args.concurrency), str(args.requests),
-                        str(args.image_size)], check=True)
+                        str(args.image_size)], check=True, env=env)
         serve_s, after = time.perf_counter() - t0, server.stats()
     finally:
         server.stop()
@@ -254,8 +251,6 @@ class OnRayServe:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
-        import os
-
         # Serve's own knobs (RAY_SERVE_*) set here reach the replica as well.
         env = {k: v for k, v in os.environ.items() if k.startswith("RAY_SERVE_")}
         ray.init(runtime_env={"env_vars": {"PYTHONPATH": str(ROOT), **env}}, logging_level="WARNING")
