@@ -23,6 +23,9 @@ Contract:
   same request parser and codec as the server), batch `--max-num-seqs`, in a child process
   (`--offline-worker`) so a hang is bounded; output tokens/s and the ratio serve/offline are reported.
   The server's and the child's output go to `--server-log` (default: the JSON's name + .server.log).
+- `--ab-serve-arg FLAG` (repeatable) runs the server phase a second time with FLAG added (JSON `b`, rows tagged
+  with the flag), both compared with the same offline run: an A/B in one device call, e.g. `--levels 64
+  --requests-per-level 192 --ab-serve-arg=--engine-process` (~2 minutes per variant on an H200).
 - Every phase has its own timeout, all within `--budget-s`; the JSON (`--json`) is rewritten after every
   phase, so a later failure keeps the earlier results. Exit status 0 when every phase ran without errors.
 Only the standard library talks HTTP (the GPU machine has no httpx). The client is scripts/serve_bench_client.py,
@@ -139,6 +142,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--max-num-seqs", type=int, default=64, help="server slots and the offline batch")
     p.add_argument("--serve-arg", action="append", default=[], help="extra jobs/serve.py flag (repeatable; "
                    "e.g. --serve-arg=--max-decode-stall-ms=0)")
+    p.add_argument("--ab-serve-arg", action="append", default=[], help="also run the serve phase a second time "
+                   "with this extra jobs/serve.py flag (repeatable), e.g. --ab-serve-arg=--engine-process: an A/B "
+                   "in one call, both against the same offline run")
     p.add_argument("--no-ray", action="store_true", help="serve with uvicorn in one process (no Ray Serve)")
     p.add_argument("--skip-offline", action="store_true")
     p.add_argument("--json", help="write the results here (rewritten after every phase)")
@@ -167,8 +173,10 @@ def table(results: dict) -> str:
 
     rows = ["| concurrency | requests (ok/err) | req/s | output tok/s | TTFT p50 / p99 (ms) | TPOT p50 / p99 (ms) "
             "| latency p50 / p99 (ms) | mean tokens |", "|---|---|---|---|---|---|---|---|"]
-    for r in results["levels"]:
-        rows.append(f"| {r['concurrency']} | {r['ok']}/{r['errors']} | {f(r['requests_per_s'], '{:.2f}')} | "
+    b = results.get("b") or {}
+    b_tag = " ".join(b.get("serve_arg", ())) + ", "
+    for tag, r in [("", r) for r in results["levels"]] + [(b_tag, r) for r in b.get("levels", ())]:
+        rows.append(f"| {tag}{r['concurrency']} | {r['ok']}/{r['errors']} | {f(r['requests_per_s'], '{:.2f}')} | "
                     f"{f(r['output_tokens_per_s'], '{:.0f}')} | {f(r['ttft_p50_ms'], '{:.0f}')} / "
                     f"{f(r['ttft_p99_ms'], '{:.0f}')} | {f(r['tpot_p50_ms'])} / {f(r['tpot_p99_ms'])} | "
                     f"{f(r['latency_p50_ms'], '{:.0f}')} / {f(r['latency_p99_ms'], '{:.0f}')} | "
@@ -177,10 +185,51 @@ def table(results: dict) -> str:
     if o:
         rows.append(f"| offline engine, batch {o['slots']} | {o['requests'] - o['errors']}/{o['errors']} | "
                     f"{o['requests_per_s']:.2f} | {o['output_tokens_per_s']:.0f} | - | - | - | {o['mean_tokens']} |")
-    if results.get("ratio") is not None:
-        rows.append(f"\nserve (concurrency {results['levels'][-1]['concurrency']}) / offline output tokens/s: "
-                    f"**{results['ratio']:.2f}** (criterion: >= 0.80)")
+    for tag, part in (("", results), (b_tag[:-2] + " ", b)):
+        if part.get("ratio") is not None:
+            rows.append(f"\nserve {tag}(concurrency {part['levels'][-1]['concurrency']}) / offline output tokens/s: "
+                        f"**{part['ratio']:.2f}** (criterion: >= 0.80)")
     return "\n".join(rows)
+
+
+def serve_phase(args, extra: list[str], pool: list[dict], log, left, problem, save) -> dict:
+    """Start jobs/serve.py (with `extra` flags), warm it up, run every level, stop it: {"server", "levels"}."""
+    out: dict = {"server": {}, "levels": []}
+    levels = sorted(zip(args.levels, args.counts, strict=True))
+    port = free_port()
+    proc = start_server(args, port, log, extra)
+    try:
+        ready_s = wait_ready(proc, port, left(args.startup_timeout))
+        _, models = get_json(port, "/v1/models")
+        card = models["data"][0]
+        out["server"].update(ready_s=round(ready_s, 1), model=card["id"], port=port, ray=not args.no_ray,
+                             max_model_len=args.max_model_len or card.get("max_model_len"))
+        print(f"[serve_bench] server ready in {ready_s:.0f} s: {card['id']}, max_model_len "
+              f"{out['server']['max_model_len']}", flush=True)
+        bodies = [json.dumps(dict(b, model=card["id"])).encode() for b in pool]
+        warm_c = levels[-1][0]
+        warm = run_level(port, bodies[:warm_c], warm_c, left(args.level_timeout), args.read_timeout)
+        out["server"]["warmup"] = {k: warm[k] for k in ("ok", "errors", "wall_s", "first_errors")}
+        print(f"[serve_bench] warm-up: {warm['ok']} ok, {warm['errors']} errors in {warm['wall_s']:.1f} s "
+              f"{warm['first_errors'][:1]}", flush=True)
+        save()
+        for c, n in levels:
+            r = run_level(port, bodies[:n], c, left(args.level_timeout), args.read_timeout)
+            out["levels"].append(r)
+            save()
+            print(f"[serve_bench] concurrency {c}: {r['ok']}/{n} ok in {r['wall_s']:.1f} s, "
+                  f"{r['requests_per_s']:.2f} req/s, {r['output_tokens_per_s']:.0f} tok/s, TTFT p50 "
+                  f"{r['ttft_p50_ms']} ms, TPOT p50 {r['tpot_p50_ms']} ms {r['first_errors'][:1]}", flush=True)
+    except Exception as exc:  # noqa: BLE001 - record it; the server is stopped and later phases still run
+        problem("serve" + (f" {' '.join(extra)}" if extra else ""), exc)
+        print(log_tail(Path(log.name)), flush=True)
+    finally:
+        stop = stop_server(proc, timeout_s=max(20.0, min(90.0, left(90.0))))
+        out["server"]["stop"] = stop
+        print(f"[serve_bench] server stopped: {stop}", flush=True)
+        if stop["left_alive"]:
+            problem("stop", RuntimeError(f"server processes left alive in group {proc.pid}"))
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -214,41 +263,18 @@ def main(argv: list[str] | None = None) -> int:
     pool = make_bodies("", max(n for _, n in levels), args.image_size, args.max_tokens)
     print(f"[serve_bench] {len(pool)} request bodies ({len(json.dumps(pool[0])) / 1024:.0f} KiB each) in "
           f"{time.perf_counter() - t0:.1f} s", flush=True)
-    port, max_model_len = free_port(), args.max_model_len
+    max_model_len = args.max_model_len
+    variants = [("a", [])] + ([("b", args.ab_serve_arg)] if args.ab_serve_arg else [])
     with open(log_path, "w") as log:
-        proc = start_server(args, port, log)
-        try:
-            ready_s = wait_ready(proc, port, left(args.startup_timeout))
-            _, models = get_json(port, "/v1/models")
-            card = models["data"][0]
-            max_model_len = max_model_len or card.get("max_model_len")
-            results["server"].update(ready_s=round(ready_s, 1), model=card["id"], max_model_len=max_model_len,
-                                     port=port, ray=not args.no_ray)
-            print(f"[serve_bench] server ready in {ready_s:.0f} s: {card['id']}, max_model_len {max_model_len}",
-                  flush=True)
-            bodies = [json.dumps(dict(b, model=card["id"])).encode() for b in pool]
-            warm_c = levels[-1][0]
-            warm = run_level(port, bodies[:warm_c], warm_c, left(args.level_timeout), args.read_timeout)
-            results["server"]["warmup"] = {k: warm[k] for k in ("ok", "errors", "wall_s", "first_errors")}
-            print(f"[serve_bench] warm-up: {warm['ok']} ok, {warm['errors']} errors in {warm['wall_s']:.1f} s "
-                  f"{warm['first_errors'][:1]}", flush=True)
-            save()
-            for c, n in levels:
-                r = run_level(port, bodies[:n], c, left(args.level_timeout), args.read_timeout)
-                results["levels"].append(r)
-                save()
-                print(f"[serve_bench] concurrency {c}: {r['ok']}/{n} ok in {r['wall_s']:.1f} s, "
-                      f"{r['requests_per_s']:.2f} req/s, {r['output_tokens_per_s']:.0f} tok/s, TTFT p50 "
-                      f"{r['ttft_p50_ms']} ms, TPOT p50 {r['tpot_p50_ms']} ms {r['first_errors'][:1]}", flush=True)
-        except Exception as exc:  # noqa: BLE001 - record it; the server is stopped and later phases still run
-            problem("serve", exc)
-            print(log_tail(log_path), flush=True)
-        finally:
-            stop = stop_server(proc, timeout_s=max(20.0, min(90.0, left(90.0))))
-            results["server"]["stop"] = stop
-            print(f"[serve_bench] server stopped: {stop}", flush=True)
-            if stop["left_alive"]:
-                results["problems"].append(f"server processes left alive in group {proc.pid}")
+        for name, extra in variants:
+            if len(variants) > 1:
+                print(f"[serve_bench] variant {name}: jobs/serve.py {' '.join(args.serve_arg + extra)}", flush=True)
+            served = serve_phase(args, extra, pool, log, left, problem, save)
+            max_model_len = max_model_len or served["server"].get("max_model_len")
+            if name == "a":
+                results["server"], results["levels"] = served["server"], served["levels"]
+            else:
+                results["b"] = {"serve_arg": extra, **served}
             save()
 
         if not args.skip_offline:
@@ -257,9 +283,11 @@ def main(argv: list[str] | None = None) -> int:
                 o = run_offline(args, levels[-1][1], max_model_len, left(args.offline_timeout), log)
                 results["offline"] = o
                 print(f"[serve_bench] offline: {o}", flush=True)
-                served = next((r for r in results["levels"] if r["concurrency"] == levels[-1][0]), None)
-                if served and o["output_tokens_per_s"] > 0:
-                    results["ratio"] = round(served["output_tokens_per_s"] / o["output_tokens_per_s"], 3)
+                for part in (results, results.get("b")):
+                    served = next((r for r in (part or {}).get("levels", ()) if r["concurrency"] == levels[-1][0]),
+                                  None)
+                    if served and o["output_tokens_per_s"] > 0:
+                        part["ratio"] = round(served["output_tokens_per_s"] / o["output_tokens_per_s"], 3)
             except Exception as exc:  # noqa: BLE001
                 problem("offline", exc)
                 print(log_tail(log_path), flush=True)
@@ -271,7 +299,8 @@ def main(argv: list[str] | None = None) -> int:
     print(table(results), flush=True)
     for msg in results["problems"]:
         print(f"problem: {msg}")
-    bad = results["problems"] or any(r["errors"] or r["timed_out"] for r in results["levels"])
+    every_level = results["levels"] + (results.get("b") or {}).get("levels", [])
+    bad = results["problems"] or any(r["errors"] or r["timed_out"] for r in every_level)
     return 1 if bad else 0
 
 

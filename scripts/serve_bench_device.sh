@@ -8,7 +8,8 @@
 #   mkdir -p .devdata && tar -C ../shared -cJf .devdata/ckpt.tar.xz checkpoints
 # run(kind="nvidia-h200", carry=[".devpkgs", ".devdata"], timeout_s=600,
 #     command="bash scripts/serve_bench_device.sh")
-# Extra arguments go to serve_bench.py (e.g. --requests-per-level 16,64,192 --serve-arg=--max-decode-stall-ms=0).
+# Extra arguments go to serve_bench.py (e.g. --requests-per-level 16,64,192 --serve-arg=--max-decode-stall-ms=0;
+# an A/B in one call: --levels 64 --requests-per-level 192 --ab-serve-arg=--engine-process).
 # Checkpoints are extracted to /tmp/vshared, outside the repo copy: each `run` call re-syncs the tree and
 # removes untracked paths. The bench keeps its phases within --budget-s (~510 s) and writes its JSON after every
 # phase; `timeout` is only the last resort before the call's own limit.

@@ -35,10 +35,10 @@ def get_json(port: int, path: str) -> tuple[int, dict | None]:
         return 0, None
 
 
-def start_server(args, port: int, log) -> subprocess.Popen:
+def start_server(args, port: int, log, extra: list[str] = ()) -> subprocess.Popen:
     cmd = [sys.executable, str(ROOT / "jobs" / "serve.py"), "--model", args.model_dir, "--port", str(port),
            "--max-num-seqs", str(args.max_num_seqs)] + (["--random-weights"] if args.random_weights else []) \
-        + (["--no-ray"] if args.no_ray else []) + args.serve_arg
+        + (["--no-ray"] if args.no_ray else []) + args.serve_arg + list(extra)
     env = dict(os.environ, PYTHONUNBUFFERED="1",
                PYTHONPATH=os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p))
     if "RAY_ADDRESS" not in env and Path("/tmp/ray/ray_current_cluster").exists():
