@@ -4,7 +4,10 @@ In a Ray Serve replica the engine thread shares the GIL with the event loop that
 token and with Serve's own threads (its replica loop, Ray's streaming-generator pool). On the CPU mock
 (scripts/serve_mock_bench.py --ray-serve) those held the GIL ~16% of the time and the engine's decode steps took
 19-20 ms at p50 for a 16.5 ms step; on an H200 one-request admissions took 90-120 ms in the replica against 68
-ms alone. vLLM moved its engine core out of the API server's process for the same reason.
+ms alone. vLLM moved its engine core out of the API server's process for the same reason. Measured so far only
+on the 2-core CPU mock, where it did not raise throughput (BENCHMARKS.md, session 10): so `jobs/serve.py
+--engine-process` is off by default until a GPU run (`scripts/serve_bench.py --ab-serve-arg=--engine-process`)
+says otherwise.
 
 Contract:
 - `ProcessDriver(factory, args, tokenizer)` is an `AsyncEngine` driver (pipeline/serve/stream_engine.py): it
