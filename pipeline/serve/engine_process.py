@@ -177,19 +177,11 @@ def _child_main(conn: Any, factory: str, args: tuple, report_s: float, parent_pi
 
 
 def build_serve_engine(model_dir: str, config: Any, tp: int, random_weights: bool) -> Any:
-    """The factory the endpoint's engine process runs: the engine the batch job's GPU stage builds."""
-    from pathlib import Path
+    """The factory the endpoint's engine process runs: the replica's engine (`build_replica_engine`)."""
+    from pipeline.serve.service import build_replica_engine
 
-    if tp > 1:
-        from pipeline.engine.tp_engine import build_tp_engine
+    def rank_died(message: str) -> None:
+        print(f"[serve] {message}; ending the engine process", file=sys.stderr, flush=True)
+        os._exit(1)
 
-        def rank_died(message: str) -> None:
-            print(f"[serve] {message}; ending the engine process", file=sys.stderr, flush=True)
-            os._exit(1)
-
-        engine, _replica = build_tp_engine(Path(model_dir), tp, config, random_weights=random_weights,
-                                           on_rank_death=rank_died)
-        return engine
-    from pipeline.engine.builder import build_engine
-
-    return build_engine(Path(model_dir), config, random_weights=random_weights)
+    return build_replica_engine(model_dir, config, tp, random_weights, rank_died)[0]

@@ -82,6 +82,19 @@ class ServeConfig:
         return self.served_model_name or Path(str(self.model).rstrip("/")).name
 
 
+def build_replica_engine(model_dir: str, config: Any, tp: int, random_weights: bool,
+                         on_rank_death: Any) -> tuple[Any, Any]:
+    """The engine the batch job's GPU stage builds: (engine, its tensor-parallel replica or None)."""
+    if tp > 1:
+        from pipeline.engine.tp_engine import build_tp_engine
+
+        return build_tp_engine(Path(model_dir), tp, config, random_weights=random_weights,
+                               on_rank_death=on_rank_death)
+    from pipeline.engine.builder import build_engine
+
+    return build_engine(Path(model_dir), config, random_weights=random_weights), None
+
+
 @dataclass
 class Prepared:
     prompt_ids: list[int]
@@ -136,19 +149,8 @@ class ChatService:
             return AsyncEngine(ProcessDriver("pipeline.serve.engine_process:build_serve_engine",
                                              (model_dir, cfg, c.tp, c.random_weights), self.codec.tokenizer,
                                              c.engine_report_s))
-        return AsyncEngine.in_thread(self._engine_in_this_process(model_dir, cfg), c.engine_report_s)
-
-    def _engine_in_this_process(self, model_dir: str, cfg: Any) -> Any:
-        from pipeline.engine.builder import build_engine
-
-        c = self.config
-        if c.tp > 1:
-            from pipeline.engine.tp_engine import build_tp_engine
-
-            engine, self.replica = build_tp_engine(Path(model_dir), c.tp, cfg, random_weights=c.random_weights,
-                                                   on_rank_death=self._rank_died)
-            return engine
-        return build_engine(Path(model_dir), cfg, random_weights=c.random_weights)
+        engine, self.replica = build_replica_engine(model_dir, cfg, c.tp, c.random_weights, self._rank_died)
+        return AsyncEngine.in_thread(engine, c.engine_report_s)
 
     def _rank_died(self, message: str) -> None:
         # As in the batch job's GPU stage: the replica cannot finish its steps; Serve restarts it.
