@@ -36,7 +36,7 @@ if [ -z "${AB:-}" ]; then
     | grep --line-buffered -v Warning | tee "$OUT/train.log"
   exit 0
 fi
-# AB="--cell-loss-weight 0.5" on an nvidia-h200-x2: two runs side by side, $OUT/a on GPU 0 with the arguments as
+# AB="--cell-loss-weight 0" on an nvidia-h200-x2: two runs side by side, $OUT/a on GPU 0 with the arguments as
 # given, $OUT/b on GPU 1 with $AB added (14 data workers each). RESUME_AB=DIR continues DIR/a and DIR/b. Each
 # returns model.part0/1 and small.tgz (progress.json, config.json, training.json, train.log and, with a cell
 # loss, cell_head.safetensors, which --resume reads): 6 files in all,

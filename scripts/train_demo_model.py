@@ -203,9 +203,9 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--turn-attention", choices=sorted(TURN_ATTENTION), default="split",
                     help="split: causal attention (flash) for all rows, the mask only for turn rows; masked: one "
                     "[S, S] mask for every query (the same result, ~20%% slower steps on an H200)")
-    ap.add_argument("--cell-loss-weight", type=float, default=0.0, help="weight of a training-only head that "
+    ap.add_argument("--cell-loss-weight", type=float, default=0.5, help="weight of a training-only head that "
                     "predicts every grid cell's shape, colour and size from the scene's vision features "
-                    "(demo/cell_head.py; never saved); 0: off (the shipped weights' run; not yet measured on)")
+                    "(demo/cell_head.py; never saved); 0: off (held-out 79.6%% without it, 90.8%% with 0.5)")
     ap.add_argument("--compile", action="store_true", help="torch.compile the vision tower and the language "
                     "model (dynamic shapes: crops and sequence lengths change every batch)")
     ap.add_argument("--save-every-s", type=float, default=120.0)
