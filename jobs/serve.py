@@ -56,8 +56,9 @@ def parser() -> argparse.ArgumentParser:
                    "many new requests per step as fit this prefill time (0: full batches, best throughput)")
     p.add_argument("--engine-report-s", type=float, default=600.0, help="seconds between the replica's [engine] "
                    "lines (steps, admissions, token gaps)")
-    p.add_argument("--engine-process", action="store_true", help="run each replica's engine in a process of its "
-                   "own, so its steps do not share the GIL with the HTTP side (pipeline/serve/engine_process.py)")
+    p.add_argument("--engine-process", action=argparse.BooleanOptionalAction, default=False,
+                   help="run each replica's engine in a process of its own, so its steps do not share the GIL with "
+                   "the HTTP side (pipeline/serve/engine_process.py; default: a thread of the replica)")
     p.add_argument("--random-weights", action="store_true", help="benchmarks: random weights at the real shapes")
     p.add_argument("--no-ray", action="store_true", help="serve from this process with uvicorn, without Ray")
     p.add_argument("--verbose", action="store_true", help="Ray's and Serve's own logs")
@@ -85,9 +86,10 @@ def _argv_from_dict(args: dict) -> list[str]:
         action = flags.get(dest)
         if action is None:
             raise ValueError(f"unknown option {key!r} (use the flag names of `python jobs/serve.py --help`)")
-        if action.nargs == 0:  # a store_true flag
-            if str(value).lower() in ("1", "true", "yes", "on"):
-                argv.append(action.option_strings[0])
+        if action.nargs == 0:  # a switch: store_true, or --x/--no-x
+            on = str(value).lower() in ("1", "true", "yes", "on")
+            if on or isinstance(action, argparse.BooleanOptionalAction):
+                argv.append(action.option_strings[0 if on else 1])
         else:
             argv += [action.option_strings[0], str(value)]
     return argv

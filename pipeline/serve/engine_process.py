@@ -4,10 +4,12 @@ In a Ray Serve replica the engine thread shares the GIL with the event loop that
 token and with Serve's own threads (its replica loop, Ray's streaming-generator pool). On the CPU mock
 (scripts/serve_mock_bench.py --ray-serve) those held the GIL ~16% of the time and the engine's decode steps took
 19-20 ms at p50 for a 16.5 ms step; on an H200 one-request admissions took 90-120 ms in the replica against 68
-ms alone. vLLM moved its engine core out of the API server's process for the same reason. Measured so far only
-on the 2-core CPU mock, where it did not raise throughput (BENCHMARKS.md, session 10): so `jobs/serve.py
---engine-process` is off by default until a GPU run (`scripts/serve_bench.py --ab-serve-arg=--engine-process`)
-says otherwise.
+ms alone. vLLM moved its engine core out of the API server's process for the same reason. Measured on the
+2-core CPU mock (no gain, BENCHMARKS.md session 10) and in two A/Bs on an H200 (Mllama-11B shapes, Ray Serve,
+session 11): at concurrency 64 right after the warm-up 708 output tokens/s against 586 with the engine thread,
+but after levels 1 and 16 675 against 668, and at concurrency 1 TTFT p50 117 against 97 ms (the hop through
+the pipe, media tensors moved to shared memory by torch's reducers: not yet profiled). No clear gain, so off by
+default (`jobs/serve.py --engine-process`).
 
 Contract:
 - `ProcessDriver(factory, args, tokenizer)` is an `AsyncEngine` driver (pipeline/serve/stream_engine.py): it

@@ -74,7 +74,8 @@ class ServeConfig:
     media: MediaLimits = field(default_factory=MediaLimits)
     engine_report_s: float = 600.0
     # The engine in a process of its own (pipeline/serve/engine_process.py): its steps do not share the
-    # replica's GIL with the event loop and Serve's threads.
+    # replica's GIL with the event loop and Serve's threads. Off: on an H200 it measured no clear gain
+    # (BENCHMARKS.md, session 11).
     engine_process: bool = False
 
     @property
