@@ -19,6 +19,7 @@ SOURCE = "llava-onevision-qwen2-0.5b-ov-hf"
 COPIED = ("added_tokens.json", "chat_template.json", "generation_config.json", "preprocessor_config.json",
           "processor_config.json", "special_tokens_map.json", "tokenizer.json", "tokenizer_config.json")
 PART_BYTES = 15 * 2**20
+VIDEO_FRAMES = 8  # frames sampled per video: demo/world.py's clips have 4-8 (the pipeline's default is 32)
 
 
 def demo_config(real: dict, head_dim: int | None = 32) -> dict:
@@ -47,6 +48,11 @@ def write_metadata(src: Path, out: Path, shrink=demo_config) -> None:
     (out / "video_processor").mkdir(exist_ok=True)
     for f in (src / "video_processor").iterdir():
         shutil.copyfile(f, out / "video_processor" / f.name)
+    # sample as many frames as the model saw in training (HF's do_sample_frames + num_frames, which our video
+    # processor reads too): with up to 32 the 16-frame demo clip was captioned wrong
+    video = out / "video_processor" / "preprocessor_config.json"
+    cfg = dict(json.loads(video.read_text()), do_sample_frames=True, num_frames=VIDEO_FRAMES)
+    video.write_text(json.dumps(dict(sorted(cfg.items())), indent=2) + "\n")
 
 
 def save(model, out: Path, export_dir: Path | None, progress: dict) -> None:

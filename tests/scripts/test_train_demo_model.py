@@ -1,19 +1,23 @@
 """scripts/train_demo_model.py: gradients reach every part of our OneVision modules (the loss on one fixed
 example falls fast), the saved checkpoint loads in the engine's model class, and exported parts join back
-byte for byte."""
+byte for byte, with the metadata demo/model ships."""
 
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+from demo.checkpoint import COPIED
 from demo.examples import ExampleMaker, collate
 from models.onevision.config import OneVisionConfig
 from models.onevision.model import LlavaOnevisionForConditionalGeneration
 from models.random_weights import random_init
 from tests.conftest import OV_REAL
+
+SHIPPED = Path(__file__).resolve().parents[2] / "demo" / "model"
 
 
 @pytest.fixture(scope="module")
@@ -55,6 +59,9 @@ def test_one_example_is_learned(train_demo_script, shared, tmp_path):
     assert (out / "model.safetensors").stat().st_size < 25 * 10**6
     train_demo_script.from_parts(tmp_path / "parts", tmp_path / "joined", shared)
     assert (tmp_path / "joined" / "model.safetensors").read_bytes() == (out / "model.safetensors").read_bytes()
+    # the metadata written beside new weights is what demo/model ships (its video processor samples 8 frames)
+    for name in (*COPIED, "config.json", "video_processor/preprocessor_config.json"):
+        assert (tmp_path / "joined" / name).read_bytes() == (SHIPPED / name).read_bytes(), name
 
     fresh = LlavaOnevisionForConditionalGeneration(OneVisionConfig.from_dir(out))  # --resume from the parts
     assert train_demo_script.load_weights(fresh, tmp_path / "parts") == {"steps": 8, "elapsed_s": 3.0}
