@@ -22,11 +22,12 @@ PART_BYTES = 15 * 2**20
 VIDEO_FRAMES = 8  # frames sampled per video: demo/world.py's clips have 4-8 (the pipeline's default is 32)
 
 
-def demo_config(real: dict, head_dim: int | None = 32) -> dict:
+def demo_config(real: dict, head_dim: int | None = 32, text_layers: int = 6) -> dict:
     # hidden 64 is what the 25 MB budget allows next to the 152k-row embedding (19.5 MB); depth, MLP width
     # and attention head width are nearly free in bytes, so they carry the capacity (head_dim 0/None: 64 / 4)
-    text = dict(real["text_config"], hidden_size=64, intermediate_size=512, num_hidden_layers=6,
-                num_attention_heads=4, num_key_value_heads=2, max_window_layers=6, tie_word_embeddings=True)
+    # (a text layer is ~0.25 MB in bf16: up to 10 fit the 25 MB file)
+    text = dict(real["text_config"], hidden_size=64, intermediate_size=512, num_hidden_layers=text_layers,
+                num_attention_heads=4, num_key_value_heads=2, max_window_layers=text_layers, tie_word_embeddings=True)
     if head_dim:
         text["head_dim"] = head_dim
     vision = dict(real["vision_config"], hidden_size=128, intermediate_size=512, num_hidden_layers=6,

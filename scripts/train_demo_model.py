@@ -200,6 +200,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="turns per easy-VQA image (it has ~10 questions on average)")
     ap.add_argument("--text-head-dim", type=int, default=32, help="the language model's attention head width "
                     "(0: hidden / heads = 16); transformers' Qwen2 reads `head_dim` from the config")
+    ap.add_argument("--text-layers", type=int, default=6, help="the language model's depth (~0.25 MB of the "
+                    "file per layer; the 25 MB bound allows up to 10)")
     ap.add_argument("--turn-attention", choices=sorted(TURN_ATTENTION), default="split",
                     help="split: causal attention (flash) for all rows, the mask only for turn rows; masked: one "
                     "[S, S] mask for every query (the same result, ~20%% slower steps on an H200)")
@@ -219,7 +221,8 @@ def main(argv: list[str] | None = None) -> None:
 
     torch.manual_seed(args.seed)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    write_metadata(args.shared / SOURCE, args.out, shrink=lambda real: demo_config(real, args.text_head_dim))
+    write_metadata(args.shared / SOURCE, args.out, shrink=lambda real: demo_config(real, args.text_head_dim,
+                                                                                        args.text_layers))
     if args.export_dir is not None:
         args.export_dir.mkdir(parents=True, exist_ok=True)
         shutil.copyfile(args.out / "config.json", args.export_dir / "config.json")
