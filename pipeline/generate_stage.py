@@ -139,7 +139,7 @@ class GenerateStage:
     def __init__(self, config: JobConfig):
         import torch
 
-        from pipeline.engine.builder import build_engine
+        from pipeline.engine.builder import build_replica_engine
 
         if config.fault_injection.get("gpu_init_exit"):
             os._exit(1)  # reliability tests: a process death during construction, as a driver crash would be
@@ -151,15 +151,9 @@ class GenerateStage:
                                   max_images_per_request=self.codec.max_images_per_request,
                                   max_prefill_requests=config.max_prefill_requests,
                                   max_decode_stall_ms=config.max_decode_stall_ms)
-        self.replica = None
-        if config.tp > 1:  # one process per GPU of this actor, rank 0 (here) driving them in lockstep
-            from pipeline.engine.tp_engine import build_tp_engine
-
-            engine, self.replica = build_tp_engine(Path(config.model), config.tp, engine_cfg,
-                                                   random_weights=config.random_weights,
-                                                   on_rank_death=self._rank_died)
-        else:
-            engine = build_engine(Path(config.model), engine_cfg, random_weights=config.random_weights)
+        # with tp > 1, one process per GPU of this actor, rank 0 (here) driving them in lockstep
+        engine, self.replica = build_replica_engine(config.model, engine_cfg, config.tp, config.random_weights,
+                                                    self._rank_died)
         self.engine = EngineThread(engine, config.engine_report_s)
         self.sampling = SamplingParams(max_new_tokens=config.max_new_tokens, temperature=config.temperature,
                                        top_p=config.top_p, top_k=config.top_k, seed=config.seed, stop=config.stop,

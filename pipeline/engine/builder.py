@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -88,3 +90,16 @@ def build_engine(ckpt_dir: str | Path, config: EngineConfig | None = None, devic
     pad_id = tokenizer.pad_id if tokenizer is not None and tokenizer.pad_id is not None else 0
     runner = make_runner(model, config, ckpt_dir, device, pad_id)
     return Engine(runner, tokenizer, config, default_stop_ids(ckpt_dir))
+
+
+def build_replica_engine(ckpt_dir: str | Path, config: EngineConfig, tp: int, random_weights: bool,
+                         on_rank_death: Callable[[str], None]) -> tuple[Engine, Any]:
+    """One replica's engine, as the batch job's GPU stage and the endpoint build it: (engine, its
+    tensor-parallel replica, or None on one GPU). With `tp` > 1 the ranks run in processes of their own
+    (pipeline/engine/tp_engine.py) and `on_rank_death` is called when one is lost."""
+    if tp > 1:
+        from pipeline.engine.tp_engine import build_tp_engine
+
+        return build_tp_engine(Path(ckpt_dir), tp, config, random_weights=random_weights,
+                               on_rank_death=on_rank_death)
+    return build_engine(ckpt_dir, config, random_weights=random_weights), None

@@ -180,7 +180,7 @@ def _child_main(conn: Any, factory: str, args: tuple, report_s: float, parent_pi
 
 def build_serve_engine(model_dir: str, config: Any, tp: int, random_weights: bool) -> Any:
     """The factory the endpoint's engine process runs: the replica's engine (`build_replica_engine`)."""
-    from pipeline.serve.service import build_replica_engine
+    from pipeline.engine.builder import build_replica_engine
 
     def rank_died(message: str) -> None:
         print(f"[serve] {message}; ending the engine process", file=sys.stderr, flush=True)

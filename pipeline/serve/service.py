@@ -83,19 +83,6 @@ class ServeConfig:
         return self.served_model_name or Path(str(self.model).rstrip("/")).name
 
 
-def build_replica_engine(model_dir: str, config: Any, tp: int, random_weights: bool,
-                         on_rank_death: Any) -> tuple[Any, Any]:
-    """The engine the batch job's GPU stage builds: (engine, its tensor-parallel replica or None)."""
-    if tp > 1:
-        from pipeline.engine.tp_engine import build_tp_engine
-
-        return build_tp_engine(Path(model_dir), tp, config, random_weights=random_weights,
-                               on_rank_death=on_rank_death)
-    from pipeline.engine.builder import build_engine
-
-    return build_engine(Path(model_dir), config, random_weights=random_weights), None
-
-
 @dataclass
 class Prepared:
     prompt_ids: list[int]
@@ -150,6 +137,8 @@ class ChatService:
             return AsyncEngine(ProcessDriver("pipeline.serve.engine_process:build_serve_engine",
                                              (model_dir, cfg, c.tp, c.random_weights), self.codec.tokenizer,
                                              c.engine_report_s))
+        from pipeline.engine.builder import build_replica_engine
+
         engine, self.replica = build_replica_engine(model_dir, cfg, c.tp, c.random_weights, self._rank_died)
         return AsyncEngine.in_thread(engine, c.engine_report_s)
 
