@@ -59,6 +59,8 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--engine-process", action=argparse.BooleanOptionalAction, default=False,
                    help="run each replica's engine in a process of its own, so its steps do not share the GIL with "
                    "the HTTP side (pipeline/serve/engine_process.py; default: a thread of the replica)")
+    p.add_argument("--step-trace", help="directory: each replica's engine writes one JSON line per step there "
+                   "(pipeline/engine/step_trace.py; for benchmarks)")
     p.add_argument("--random-weights", action="store_true", help="benchmarks: random weights at the real shapes")
     p.add_argument("--no-ray", action="store_true", help="serve from this process with uvicorn, without Ray")
     p.add_argument("--verbose", action="store_true", help="Ray's and Serve's own logs")
@@ -74,7 +76,7 @@ def config_from_args(a: argparse.Namespace) -> ServeConfig:
                        dtype=a.dtype, cuda_graphs=not a.no_cuda_graphs, random_weights=a.random_weights,
                        max_body_bytes=int(a.max_body_mb * 2**20), media=media,
                        max_decode_stall_ms=a.max_decode_stall_ms or None, engine_report_s=a.engine_report_s,
-                       engine_process=a.engine_process)
+                       engine_process=a.engine_process, step_trace=a.step_trace)
 
 
 def _argv_from_dict(args: dict) -> list[str]:

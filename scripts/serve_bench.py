@@ -26,6 +26,9 @@ Contract:
 - `--ab-serve-arg FLAG` (repeatable) runs the server phase a second time with FLAG added (JSON `b`, rows tagged
   with the flag), both compared with the same offline run: an A/B in one device call, e.g. `--levels 64
   --requests-per-level 192 --ab-serve-arg=--engine-process` (~2 minutes per variant on an H200).
+- `--step-trace DIR`: every engine (each serve variant's replica, the offline run) writes one line per step
+  (pipeline/engine/step_trace.py) and the end prints each one's summary: what an admission of n requests and
+  a decode step of each width cost in that place, the decode gaps, the wall clock's prefill/decode/idle split.
 - Every phase has its own timeout, all within `--budget-s`; the JSON (`--json`) is rewritten after every
   phase, so a later failure keeps the earlier results. Exit status 0 when every phase ran without errors.
 Only the standard library talks HTTP (the GPU machine has no httpx). The client is scripts/serve_bench_client.py,
@@ -81,7 +84,8 @@ def offline_worker(args) -> dict:
         prepared.append((ids, codec.unpack({"media": [blob]}, 0), req.stop_strings))
     cuda = torch.cuda.is_available()
     cfg = EngineConfig(max_num_seqs=args.max_num_seqs, max_model_len=job.max_model_len, cuda_graphs=True,
-                       dtype="bfloat16" if cuda else "float32", max_images_per_request=codec.max_images_per_request)
+                       dtype="bfloat16" if cuda else "float32", max_images_per_request=codec.max_images_per_request,
+                       step_trace=args.step_trace and str(Path(args.step_trace) / "offline"))
     t0 = time.perf_counter()
     engine = build_engine(Path(args.model_dir), cfg, random_weights=args.random_weights)
     build_s = time.perf_counter() - t0
@@ -111,7 +115,8 @@ def run_offline(args, n: int, max_model_len: int | None, timeout_s: float, log) 
     cmd = [sys.executable, __file__, "--offline-worker", str(out), "--model-dir", args.model_dir, "--max-tokens",
            str(args.max_tokens), "--image-size", str(args.image_size), "--max-num-seqs", str(args.max_num_seqs),
            "--offline-requests", str(n)] + (["--max-model-len", str(max_model_len)] if max_model_len else []) \
-        + (["--random-weights"] if args.random_weights else [])
+        + (["--random-weights"] if args.random_weights else []) \
+        + (["--step-trace", args.step_trace] if args.step_trace else [])
     out.unlink(missing_ok=True)
     # The replica's OpenMP setting (Ray gives a num_cpus=1 actor one thread): on a busy CPU, more threads than
     # the replica had would make the two runs differ by oversubscription, not by serving.
@@ -147,6 +152,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "in one call, both against the same offline run")
     p.add_argument("--no-ray", action="store_true", help="serve with uvicorn in one process (no Ray Serve)")
     p.add_argument("--skip-offline", action="store_true")
+    p.add_argument("--step-trace", help="directory: the engine's per-step lines of each serve variant (serve_a, "
+                   "serve_b) and of the offline run (offline), summarised at the end (pipeline/engine/step_trace.py)")
     p.add_argument("--json", help="write the results here (rewritten after every phase)")
     p.add_argument("--server-log", help="the server's output (default: next to --json, or serve_bench.server.log)")
     p.add_argument("--budget-s", type=float, default=520, help="all phases together")
@@ -269,7 +276,8 @@ def main(argv: list[str] | None = None) -> int:
         for name, extra in variants:
             if len(variants) > 1:
                 print(f"[serve_bench] variant {name}: jobs/serve.py {' '.join(args.serve_arg + extra)}", flush=True)
-            served = serve_phase(args, extra, pool, log, left, problem, save)
+            traced = [f"--step-trace={Path(args.step_trace) / f'serve_{name}'}"] if args.step_trace else []
+            served = serve_phase(args, extra + traced, pool, log, left, problem, save)
             max_model_len = max_model_len or served["server"].get("max_model_len")
             if name == "a":
                 results["server"], results["levels"] = served["server"], served["levels"]
@@ -299,6 +307,12 @@ def main(argv: list[str] | None = None) -> int:
     print(table(results), flush=True)
     for msg in results["problems"]:
         print(f"problem: {msg}")
+    traces = sorted(Path(args.step_trace).glob("*/steps-*.jsonl")) if args.step_trace else []
+    if traces:  # where each engine's time went, step by step: serve variants against the offline run
+        from pipeline.engine.step_trace import main as summarize_traces
+
+        print("\nstep traces (admission p50 ms by size, decode p50 ms by width, gaps, wall-clock share):")
+        summarize_traces([str(f) for f in traces])
     every_level = results["levels"] + (results.get("b") or {}).get("levels", [])
     bad = results["problems"] or any(r["errors"] or r["timed_out"] for r in every_level)
     return 1 if bad else 0

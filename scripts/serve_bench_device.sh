@@ -10,6 +10,8 @@
 #     command="bash scripts/serve_bench_device.sh")
 # Extra arguments go to serve_bench.py (e.g. --requests-per-level 16,64,192 --serve-arg=--max-decode-stall-ms=0;
 # an A/B in one call: --levels 64 --requests-per-level 192 --ab-serve-arg=--engine-process).
+# TRACE=1 adds --step-trace: every engine's per-step lines (pipeline/engine/step_trace.py) come back as one
+# $OUT/step_traces.tgz and their summaries end the log (admission cost by size in the replica vs offline).
 # Checkpoints are extracted to /tmp/vshared, outside the repo copy: each `run` call re-syncs the tree and
 # removes untracked paths. The bench keeps its phases within --budget-s (~510 s) and writes its JSON after every
 # phase; `timeout` is only the last resort before the call's own limit.
@@ -28,8 +30,9 @@ left=$(( 590 - ($(date +%s) - t0) ))  # of the call's 600 s; the bench's stop + 
 echo "setup $(( $(date +%s) - t0 )) s; $(nvidia-smi -L | head -1)" | tee "$OUT/serve_bench.log"
 timeout "$left" python3 scripts/serve_bench.py --model-dir "$VLMCAP_SHARED_CHECKPOINTS/Llama-3.2-11B-Vision-Instruct" \
   --random-weights --levels 1,16,64 --max-tokens 64 --image-size 560 --max-num-seqs 64 \
-  --budget-s "${BUDGET:-$(( left - 55 ))}" --json "$OUT/serve_bench.json" "$@" 2>&1 | grep --line-buffered -v Warning \
-  | tee -a "$OUT/serve_bench.log"
+  --budget-s "${BUDGET:-$(( left - 55 ))}" --json "$OUT/serve_bench.json" ${TRACE:+--step-trace /tmp/step_traces} \
+  "$@" 2>&1 | grep --line-buffered -v Warning | tee -a "$OUT/serve_bench.log"
 rc=${PIPESTATUS[0]}
+[ -n "${TRACE:-}" ] && [ -d /tmp/step_traces ] && tar -C /tmp -czf "$OUT/step_traces.tgz" step_traces
 echo "serve_bench exit $rc, total $(( $(date +%s) - t0 )) s" | tee -a "$OUT/serve_bench.log"
 exit "$rc"

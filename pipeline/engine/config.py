@@ -24,6 +24,7 @@ class EngineConfig:
     # in this many ms (at least one), so running sequences never wait long for their next token. None: admit
     # full groups (best throughput; a 16-image Mllama group stalls decoding ~0.85 s on an H200).
     max_decode_stall_ms: float | None = None
+    step_trace: str | None = None  # a directory: one JSON line per step (pipeline/engine/step_trace.py)
 
     def __post_init__(self):
         if not 0 < self.gpu_memory_utilization <= 1:

@@ -26,6 +26,7 @@ from pipeline.engine.cuda_graphs import GraphedStep, default_buckets
 from pipeline.engine.request import Completion, Request, Sequence
 from pipeline.engine.scheduler import Scheduler
 from pipeline.engine.step_timer import StepTimer
+from pipeline.engine.step_trace import StepTrace
 
 log = logging.getLogger(__name__)
 
@@ -46,6 +47,7 @@ class Engine:
         self.stats = {"prefill_tokens": 0, "generated_tokens": 0, "decode_steps": 0, "admissions": 0, "admitted": 0,
                       "prefill_s": 0.0}
         self.timer = StepTimer()
+        self.trace = StepTrace(config.step_trace) if config.step_trace else None
         self.gathering_since: float | None = None  # see _gathering
 
     # --- public API -----------------------------------------------------------------------------
@@ -57,13 +59,22 @@ class Engine:
             self.scheduler.add(request)
 
     def step(self) -> list[Completion]:
+        t0 = self.timer.clock()
         running_before = bool(self.scheduler.running)
-        self._admit()
+        admitted = self._admit()
+        t1, width = self.timer.clock(), 0
         if self.scheduler.running:
             self.timer.decode_started(running_before)
+            width = self.scheduler.decode_width
             self._decode_step()
         else:
             self.timer.idle()
+        if self.trace is not None:
+            s = self.scheduler
+            self.trace.record(t0, admitted, t1 - t0 if admitted else 0.0, width, self.timer.clock() - t1,
+                              len(s.waiting), len(s.running))
+            if not s.running:
+                self.trace.flush()
         done, self.ready = self.ready, []
         return done
 
@@ -123,13 +134,14 @@ class Engine:
         self.gathering_since = None
         return False
 
-    def _admit(self) -> None:
+    def _admit(self) -> int:
+        """Admit (prefill) what the scheduler and the stall budget allow; returns how many were admitted."""
         limit = self.timer.admission_limit(self.config.max_decode_stall_ms, bool(self.scheduler.running))
         if self._gathering(limit):
-            return
+            return 0
         batch = self.scheduler.next_admission(limit)
         if not batch:
-            return
+            return 0
         t0 = self.timer.clock()
         try:
             self._prefill(batch)
@@ -138,19 +150,23 @@ class Engine:
             self.stats["admissions"] += 1
             self.stats["admitted"] += len(batch)
             self.stats["prefill_s"] += seconds
+            return len(batch)
         except Exception as exc:  # noqa: BLE001 - isolate the request that broke admission
             if len(batch) == 1:
                 request, slot = batch[0]
                 log.warning("request %s failed at admission: %r", request.request_id, exc)
                 self.scheduler.release(slot)
                 self.ready.append(Completion.failed(request, f"engine_error: {type(exc).__name__}: {exc}"))
-                return
+                return 0
+            admitted = 0
             for item in batch:
                 try:
                     self._prefill([item])
+                    admitted += 1
                 except Exception as one_exc:  # noqa: BLE001
                     self.scheduler.release(item[1])
                     self.ready.append(Completion.failed(item[0], f"engine_error: {type(one_exc).__name__}: {one_exc}"))
+            return admitted
 
     def _prefill(self, batch: list[tuple[Request, int]]) -> None:
         requests = [r for r, _ in batch]

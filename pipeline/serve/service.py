@@ -77,6 +77,7 @@ class ServeConfig:
     # replica's GIL with the event loop and Serve's threads. Off: on an H200 it measured no clear gain
     # (BENCHMARKS.md, session 11).
     engine_process: bool = False
+    step_trace: str | None = None  # a directory for the engine's per-step lines (pipeline/engine/step_trace.py)
 
     @property
     def model_name(self) -> str:
@@ -130,7 +131,8 @@ class ChatService:
         cfg = EngineConfig(max_num_seqs=c.max_num_seqs, max_model_len=self.job.max_model_len, cuda_graphs=c.cuda_graphs,
                            dtype=c.dtype if torch.cuda.is_available() else "float32",
                            max_images_per_request=self.codec.max_images_per_request,
-                           max_prefill_requests=c.max_prefill_requests, max_decode_stall_ms=c.max_decode_stall_ms)
+                           max_prefill_requests=c.max_prefill_requests, max_decode_stall_ms=c.max_decode_stall_ms,
+                           step_trace=c.step_trace)
         if c.engine_process:
             from pipeline.serve.engine_process import ProcessDriver
 

@@ -19,9 +19,9 @@ def test_serve_run_options_become_flags(tiny_ov_dir):
     argv = serve_job._argv_from_dict({"model": "/m", "tp": 2, "allow-http": "true", "no_cuda_graphs": "false",
                                       "max_model_len": 4096, "engine-process": "true"})
     assert argv == ["--model", "/m", "--tp", "2", "--allow-http", "--max-model-len", "4096", "--engine-process"]
-    config = serve_job.config_from_args(serve_job.parser().parse_args(argv + ["--api-key", "k"]))
-    assert (config.tp, config.media.allow_http, config.cuda_graphs, config.max_model_len, config.api_key) == (
-        2, True, True, 4096, "k")
+    config = serve_job.config_from_args(serve_job.parser().parse_args(argv + ["--api-key", "k", "--step-trace", "/t"]))
+    assert (config.tp, config.media.allow_http, config.cuda_graphs, config.max_model_len, config.api_key,
+            config.step_trace) == (2, True, True, 4096, "k", "/t")
     assert config.engine_process
     assert not serve_job.config_from_args(serve_job.parser().parse_args(["--model", "/m"])).engine_process
     assert serve_job._argv_from_dict({"engine_process": "false"}) == ["--no-engine-process"]
