@@ -5,9 +5,10 @@ batch job's GPU stage, in a benchmark's offline run) and compare the places step
     python -m pipeline.engine.step_trace /tmp/trace/steps-*.jsonl      # a summary per file
 
 `StepTrace(dir)` opens `dir/steps-<pid>.jsonl` (two replicas of a node write two files) and `record` writes
-one line per step that did something: its start (`t`, seconds since the first recorded step), the requests admitted
-(`admit`) and that prefill's wall time (`prefill_ms`), the decode width (`width`, 0: no decode) and its wall
-time (`decode_ms`), and the queue behind it (`waiting`, `running` after the step). Times are host wall-clock;
+one line per step that did something: its start (`t`, seconds since the first recorded step), the requests
+admitted (`admit`) and that prefill's wall time (`prefill_ms`), the decode width (`width`: the captured batch
+bucket, 0: no decode) and its wall time (`decode_ms`), and the queue behind it (`waiting`, `running` after the
+step). Times are host wall-clock;
 each step ends in a host sync, so they cover its GPU work. Lines are buffered and flushed every `flush_every`
 records and whenever the engine goes idle, so tracing costs a few microseconds a step.
 
@@ -81,7 +82,7 @@ def summarize(lines: list[dict]) -> dict:
         if not step["running"]:
             last_decode = None  # nothing runs: the next decode starts a new series
     end = lines[-1]
-    wall_ms = (end["t"] - lines[0]["t"]) * 1e3 + end["prefill_ms"] + end["decode_ms"]
+    wall_ms = max(1e-6, (end["t"] - lines[0]["t"]) * 1e3 + end["prefill_ms"] + end["decode_ms"])
     prefill_ms = sum(s["prefill_ms"] for s in lines)
     decode_ms = sum(s["decode_ms"] for s in lines)
     return {
