@@ -36,7 +36,7 @@ def easy_vqa_rows(tmp_path: Path, n: int) -> pa.Table:
     t = pq.read_table(path)
     return pa.table({"id": t["id"], "image": t["image"],
                      "prompt": [qa_prompt(q) for q in t["question"].to_pylist()],
-                     "answer": t["answer"], "kind": ["easy_vqa"] * t.num_rows})
+                     "answer": t["answer"], "kind": ["easy_vqa"] * t.num_rows, "shapes": [None] * t.num_rows})
 
 
 def test_trained_demo_model_answers(tmp_path):
@@ -46,7 +46,7 @@ def test_trained_demo_model_answers(tmp_path):
     out = tmp_path / "out"
     try:
         rc = main(["--model", str(ROOT / "demo" / "model"), "--input", str(tmp_path / "rows.parquet"),
-                   "--output", str(out), "--prompt-column", "prompt", "--keep-columns", "answer", "kind",
+                   "--output", str(out), "--prompt-column", "prompt", "--keep-columns", "answer", "kind", "shapes",
                    "--max-new-tokens", "8"])
     finally:
         ray.shutdown()
@@ -56,6 +56,8 @@ def test_trained_demo_model_answers(tmp_path):
     kinds = result["by_kind"]
     easy_acc = kinds.pop("easy_vqa")
     held_acc = sum(kinds[k] * n for k, n in Counter(held["kind"].to_pylist()).items()) / held.num_rows
-    print(f"held-out exact match {held_acc:.3f} (500), easy-VQA {easy_acc:.3f} (200), by kind {kinds}")
+    print(f"held-out exact match {held_acc:.3f} (500), easy-VQA {easy_acc:.3f} (200), by kind {kinds}, "
+          f"by shapes in the scene {result['by_shapes']}")
+    assert sorted(result["by_shapes"]) == [1, 2, 3, 4, 5]
     assert held_acc >= HELD_OUT_FLOOR, result
     assert easy_acc >= EASY_VQA_FLOOR, result

@@ -94,7 +94,7 @@ def test_held_out_sets_are_unchanged():
     questions and the caption per scene of `default_rng(HELD_OUT_SEED)`), hashed before extended questions."""
     table = heldout_table(3)
     want = {"id": "89208a1db4bb2606", "image": "64a7cc32ffffec70", "prompt": "1c4905ac73972d23",
-            "answer": "ef732c591b1f47ae", "kind": "e5932e8d3f2f7ef3"}
+            "answer": "ef732c591b1f47ae", "kind": "e5932e8d3f2f7ef3", "shapes": "eba989310c782aba"}
     got = {c: _digest([x.hex() if isinstance(x, bytes) else x for x in table.column(c).to_pylist()])[:16]
            for c in table.column_names}
     assert got == want
