@@ -155,6 +155,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--tp", type=int, default=1, help="GPUs of one tensor-parallel replica (HF peer skipped)")
     ap.add_argument("--prompt", default="Describe this image in detail.")
     ap.add_argument("--max-decode-stall-ms", type=float, help="EngineConfig.max_decode_stall_ms (default: none)")
+    ap.add_argument("--stage-vision-images", type=int, default=0, help="EngineConfig.stage_vision_images "
+                    "(vision encoded this many images per step between decode steps; default 0: off)")
     ap.add_argument("--step-trace", help="directory: one JSON line per engine step (pipeline/engine/step_trace.py)")
     ap.add_argument("--arrival-rate", type=float, help="also run the images as Poisson arrivals at this rate "
                     "(images/s) and report the gaps between decode steps (p50/p99/max)")
@@ -177,7 +179,8 @@ def main(argv: list[str] | None = None) -> None:
     cfg = EngineConfig(max_num_seqs=args.max_num_seqs, max_model_len=len(max(prompt_ids, key=len)) + args.new_tokens
                        + 8, max_prefill_requests=args.max_prefill_requests,
                        max_prefill_tokens=args.max_prefill_tokens, cuda_graphs=not args.no_cuda_graphs,
-                       max_decode_stall_ms=args.max_decode_stall_ms, step_trace=args.step_trace)
+                       max_decode_stall_ms=args.max_decode_stall_ms, step_trace=args.step_trace,
+                       stage_vision_images=args.stage_vision_images)
     torch.cuda.reset_peak_memory_stats()
     replica = None
     t0 = time.perf_counter()

@@ -82,6 +82,8 @@ def parser() -> argparse.ArgumentParser:
                     "vision encoder's batch), default 32")
     rt.add_argument("--max-decode-stall-ms", type=float, help="while sequences decode, admit only as many new "
                     "requests per step as fit this prefill time (latency over throughput); default: full batches")
+    rt.add_argument("--stage-vision-images", type=int, help="while sequences decode, encode the next group's "
+                    "images this many per step, then admit it in one cheap step (Mllama, one GPU); default 0: off")
     rt.add_argument("--random-weights", action="store_true", help="benchmark/dry run: random weights at the "
                     "checkpoint's shapes (needs only config.json + tokenizer/processor files); gibberish output")
     rt.add_argument("--allow-http", action="store_true", help="allow http(s) media URLs (bounded fetches)")

@@ -54,6 +54,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cuda-graphs", action="store_true", help="eager decode (debugging)")
     p.add_argument("--max-decode-stall-ms", type=float, default=150.0, help="while streams decode, admit only as "
                    "many new requests per step as fit this prefill time (0: full batches, best throughput)")
+    p.add_argument("--stage-vision-images", type=int, default=0, help="while streams decode, encode waiting "
+                   "requests' images this many per step, then admit them together (Mllama, one GPU per replica; "
+                   "pipeline/engine/staging.py); 0: off")
     p.add_argument("--engine-report-s", type=float, default=600.0, help="seconds between the replica's [engine] "
                    "lines (steps, admissions, token gaps)")
     p.add_argument("--engine-process", action=argparse.BooleanOptionalAction, default=False,
@@ -76,7 +79,8 @@ def config_from_args(a: argparse.Namespace) -> ServeConfig:
                        dtype=a.dtype, cuda_graphs=not a.no_cuda_graphs, random_weights=a.random_weights,
                        max_body_bytes=int(a.max_body_mb * 2**20), media=media,
                        max_decode_stall_ms=a.max_decode_stall_ms or None, engine_report_s=a.engine_report_s,
-                       engine_process=a.engine_process, step_trace=a.step_trace)
+                       engine_process=a.engine_process, step_trace=a.step_trace,
+                       stage_vision_images=a.stage_vision_images)
 
 
 def _argv_from_dict(args: dict) -> list[str]:
@@ -124,6 +128,11 @@ def main(argv: list[str] | None = None) -> int:
         cli.error("--tp, --replicas, --max-num-seqs, --max-tokens and --max-n must be >= 1")
     if "://" not in a.model and not (Path(a.model) / "config.json").is_file():
         cli.error(f"--model {a.model} is not a checkpoint directory (no config.json)")
+    if a.stage_vision_images and "://" not in a.model:
+        from models.registry import architecture
+
+        if architecture(Path(a.model)) != "MllamaForConditionalGeneration" or a.tp > 1:
+            cli.error("--stage-vision-images needs an Mllama model on one GPU per replica (--tp 1)")
     config = config_from_args(a)
     if a.no_ray:
         return _serve_without_ray(a, config)

@@ -27,6 +27,7 @@ from pipeline.job_config import JobConfig
 from pipeline.model_cache import local_model_dir, with_local_model
 from pipeline.part_writer import PartWriter
 from pipeline.postprocess import to_output_table
+from pipeline.preflight import check_staging
 from pipeline.preprocess_stage import PreprocessStage
 from pipeline.progress import Progress
 from pipeline.resume import drop_ids, plan_resume
@@ -113,9 +114,10 @@ def check_model(config: JobConfig) -> None:
 
     try:
         # Both registered models run under any --tp their head counts allow; a URL's metadata is cached here.
-        architecture(local_model_dir(config.model, weights=False))
+        arch = architecture(local_model_dir(config.model, weights=False))
     except Exception as exc:  # noqa: BLE001 - any unreadable checkpoint dir is the user's to fix
         raise InputError(f"cannot use --model {config.model}: {exc}", kind="config_error") from None
+    check_staging(config, arch)  # a remote --model's architecture is known only now
 
 
 def fit_batch_size(config: JobConfig, rows: int | None) -> JobConfig:

@@ -150,7 +150,8 @@ class GenerateStage:
                                   dtype=config.dtype if torch.cuda.is_available() else "float32",
                                   max_images_per_request=self.codec.max_images_per_request,
                                   max_prefill_requests=config.max_prefill_requests,
-                                  max_decode_stall_ms=config.max_decode_stall_ms)
+                                  max_decode_stall_ms=config.max_decode_stall_ms,
+                                  stage_vision_images=config.stage_vision_images)
         # with tp > 1, one process per GPU of this actor, rank 0 (here) driving them in lockstep
         engine, self.replica = build_replica_engine(config.model, engine_cfg, config.tp, config.random_weights,
                                                     self._rank_died)

@@ -58,6 +58,7 @@ class JobConfig:
     random_weights: bool = False  # benchmarks / dry runs: random weights at the config's shapes, no checkpoint read
     max_prefill_requests: int = 32
     max_decode_stall_ms: float | None = None  # see EngineConfig: bounds prefill stalls of running sequences
+    stage_vision_images: int = 0  # see EngineConfig: vision encoded a few images per step (pipeline/engine/staging.py)
     # jobs/caption.py --gallery N: <output>/_gallery.html with N sampled rows once the job is done. A view of
     # the output, not of how it was made: deliberately not in FINGERPRINT_KEYS, so it never blocks a resume.
     gallery: int = 0

@@ -39,9 +39,23 @@ def check_model_path(config: JobConfig) -> None:
 
     from pipeline.model_cache import is_remote
 
-    if not is_remote(config.model) and not (Path(config.model.removeprefix("file://")) / "config.json").is_file():
+    if is_remote(config.model):
+        return
+    local = Path(config.model.removeprefix("file://"))
+    if not (local / "config.json").is_file():
         what = "does not exist" if not Path(config.model).exists() else "has no config.json"
         raise InputError(f"cannot use --model {config.model}: the checkpoint directory {what}", kind="config_error")
+    if config.stage_vision_images:
+        from models.registry import architecture
+
+        check_staging(config, architecture(local))
+
+
+def check_staging(config: JobConfig, arch: str) -> None:
+    """`--stage-vision-images` works with runners that encode media apart (pipeline/engine/staging.py)."""
+    if config.stage_vision_images and (arch != "MllamaForConditionalGeneration" or config.tp > 1):
+        raise InputError(f"--stage-vision-images needs an Mllama model on one GPU per replica (this is {arch}, "
+                         f"--tp {config.tp})", kind="config_error")
 
 
 def check_resume(config: JobConfig) -> None:

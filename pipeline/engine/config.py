@@ -25,6 +25,9 @@ class EngineConfig:
     # full groups (best throughput; a 16-image Mllama group stalls decoding ~0.85 s on an H200).
     max_decode_stall_ms: float | None = None
     step_trace: str | None = None  # a directory: one JSON line per step (pipeline/engine/step_trace.py)
+    # While sequences are decoding, encode a waiting group's images this many per step, then admit the group in
+    # one cheap step (pipeline/engine/staging.py; Mllama on one GPU). 0: off (vision inside the admission).
+    stage_vision_images: int = 0
 
     def __post_init__(self):
         if not 0 < self.gpu_memory_utilization <= 1:
@@ -33,6 +36,8 @@ class EngineConfig:
                      "max_prefill_requests"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        if self.stage_vision_images < 0:
+            raise ValueError("stage_vision_images must be >= 0")
         if not self.cpu_kv_cache_gb > 0:
             raise ValueError("cpu_kv_cache_gb must be > 0")
         if self.max_decode_stall_ms is not None and self.max_decode_stall_ms <= 0:

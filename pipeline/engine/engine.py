@@ -25,6 +25,7 @@ from pipeline.engine.config import EngineConfig
 from pipeline.engine.cuda_graphs import GraphedStep, default_buckets
 from pipeline.engine.request import Completion, Request, Sequence
 from pipeline.engine.scheduler import Scheduler
+from pipeline.engine.staging import VisionStaging
 from pipeline.engine.step_timer import StepTimer
 from pipeline.engine.step_trace import StepTrace
 
@@ -40,6 +41,8 @@ class Engine:
         self.runner, self.tokenizer, self.config = runner, tokenizer, config
         self.default_stop_ids = tuple(default_stop_ids)
         self.scheduler = Scheduler(runner.num_slots, config.max_prefill_tokens, config.max_prefill_requests)
+        self.staging = (VisionStaging(runner, self.scheduler, config.stage_vision_images)
+                        if config.stage_vision_images else None)
         on_gpu = runner.device.type == "cuda"
         self.decode = GraphedStep(runner.decode, default_buckets(runner.num_slots), config.cuda_graphs and on_gpu)
         self.decode.capture()
@@ -79,7 +82,7 @@ class Engine:
         return done
 
     def has_work(self) -> bool:
-        return self.scheduler.has_work() or bool(self.ready)
+        return self.scheduler.has_work() or bool(self.ready) or (self.staging is not None and self.staging.busy)
 
     def generate(self, requests: Iterable[Request]) -> Iterator[Completion]:
         """Stream completions (in finishing order) while pulling requests only as slots free up."""
@@ -136,17 +139,26 @@ class Engine:
 
     def _admit(self) -> int:
         """Admit (prefill) what the scheduler and the stall budget allow; returns how many were admitted."""
+        if self.staging is not None and (self.staging.busy or self.scheduler.running):
+            ready = self.staging.advance()  # a slice of a group's images, or the encoded group
+            self.ready += self.staging.failed
+            self.staging.failed.clear()
+            return 0 if ready is None else self._admit_batch(*ready, timed=False)
         limit = self.timer.admission_limit(self.config.max_decode_stall_ms, bool(self.scheduler.running))
         if self._gathering(limit):
             return 0
         batch = self.scheduler.next_admission(limit)
-        if not batch:
-            return 0
+        return self._admit_batch(batch, None, timed=True) if batch else 0
+
+    def _admit_batch(self, batch: list[tuple[Request, int]], encoded: list[Any] | None, timed: bool) -> int:
+        """Prefill `batch` (with its staged vision states, if any); a failure is isolated to its request.
+        Only unstaged admissions feed the stall budget's cost line (`timed`): a staged one costs far less."""
         t0 = self.timer.clock()
         try:
-            self._prefill(batch)
+            self._prefill(batch, encoded)
             seconds = self.timer.clock() - t0
-            self.timer.prefill_done(len(batch), seconds)
+            if timed:
+                self.timer.prefill_done(len(batch), seconds)
             self.stats["admissions"] += 1
             self.stats["admitted"] += len(batch)
             self.stats["prefill_s"] += seconds
@@ -159,19 +171,20 @@ class Engine:
                 self.ready.append(Completion.failed(request, f"engine_error: {type(exc).__name__}: {exc}"))
                 return 0
             admitted = 0
-            for item in batch:
+            for i, item in enumerate(batch):
                 try:
-                    self._prefill([item])
+                    self._prefill([item], None if encoded is None else [encoded[i]])
                     admitted += 1
                 except Exception as one_exc:  # noqa: BLE001
                     self.scheduler.release(item[1])
                     self.ready.append(Completion.failed(item[0], f"engine_error: {type(one_exc).__name__}: {one_exc}"))
             return admitted
 
-    def _prefill(self, batch: list[tuple[Request, int]]) -> None:
+    def _prefill(self, batch: list[tuple[Request, int]], encoded: list[Any] | None = None) -> None:
         requests = [r for r, _ in batch]
+        staged = {} if encoded is None else {"encoded": encoded}  # only runners that stage take it
         logits = self.runner.prefill([r.prompt_ids for r in requests], [r.media for r in requests],
-                                     [s for _, s in batch])
+                                     [s for _, s in batch], **staged)
         seqs = [Sequence(r, slot, self._stop_ids(r),
                          None if r.sampling.greedy else make_generator(r.sampling.seed, self.runner.device))
                 for r, slot in batch]

@@ -78,6 +78,7 @@ class ServeConfig:
     # (BENCHMARKS.md, session 11).
     engine_process: bool = False
     step_trace: str | None = None  # a directory for the engine's per-step lines (pipeline/engine/step_trace.py)
+    stage_vision_images: int = 0  # see EngineConfig (pipeline/engine/staging.py)
 
     @property
     def model_name(self) -> str:
@@ -132,7 +133,7 @@ class ChatService:
                            dtype=c.dtype if torch.cuda.is_available() else "float32",
                            max_images_per_request=self.codec.max_images_per_request,
                            max_prefill_requests=c.max_prefill_requests, max_decode_stall_ms=c.max_decode_stall_ms,
-                           step_trace=c.step_trace)
+                           step_trace=c.step_trace, stage_vision_images=c.stage_vision_images)
         if c.engine_process:
             from pipeline.serve.engine_process import ProcessDriver
 

@@ -65,6 +65,13 @@ def test_missing_input_path_is_named_before_ray_starts(tiny_ov_dir, tmp_path, ca
     assert status == 2 and f"--input {tmp_path / 'nope'} does not exist" in error_line(err)
 
 
+def test_staged_vision_is_refused_for_onevision_before_ray_starts(tiny_ov_dir, tmp_path, capsys):
+    jpeg_file(tmp_path / "in" / "x.jpg")
+    status, err = run(["--model", tiny_ov_dir, "--input", tmp_path / "in", "--output", tmp_path / "o",
+                       "--stage-vision-images", "2"], capsys)
+    assert status == 2 and "--stage-vision-images needs an Mllama model" in error_line(err)
+
+
 def test_empty_folder_and_output_that_is_a_file(tiny_ov_dir, tmp_path, capsys):
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "readme.txt").write_text("no media here")

@@ -73,8 +73,35 @@ class MllamaRunner:
         return px.to(self.dtype)
 
     @torch.inference_mode()
-    def prefill(self, prompts: list[list[int]], media: list[MllamaImages | None], slots: list[int]) -> torch.Tensor:
-        """Run new prompts into `slots`; returns the logits of each prompt's last token [n, V]."""
+    def encode(self, media: MllamaImages) -> torch.Tensor:
+        """One request's images through the vision tower and projector: [images, T*P, hidden]. The engine
+        calls it ahead of `prefill` to stage a group's vision work over several steps
+        (EngineConfig.stage_vision_images)."""
+        return self.model.encode_images(self._pixels(media), media.aspect_ratio_ids.to(self.device),
+                                        media.aspect_ratio_mask.to(self.device))
+
+    def _encode_batch(self, media: list[MllamaImages | None]) -> list[torch.Tensor | None]:
+        """Every request's vision states from one vision-tower call over all their images."""
+        images = [m for m in media if m is not None]
+        if not images:
+            return [None] * len(media)
+        states = self.model.encode_images(
+            torch.cat([self._pixels(m) for m in images]),
+            torch.cat([m.aspect_ratio_ids for m in images]).to(self.device),
+            torch.cat([m.aspect_ratio_mask for m in images]).to(self.device),
+        )  # [images, T*P, hidden]
+        out, i = [], 0
+        for m in media:
+            k = 0 if m is None else len(m.num_tiles)
+            out.append(None if m is None else states[i: i + k])
+            i += k
+        return out
+
+    @torch.inference_mode()
+    def prefill(self, prompts: list[list[int]], media: list[MllamaImages | None], slots: list[int],
+                encoded: list[torch.Tensor | None] | None = None) -> torch.Tensor:
+        """Run new prompts into `slots`; returns the logits of each prompt's last token [n, V]. `encoded`:
+        the requests' vision states from `encode` (None: encoded here, all images in one batch)."""
         n = len(prompts)
         lm = self.model.language_model.model
         vis_len = self.cross_mask.shape[-1]
@@ -87,19 +114,12 @@ class MllamaRunner:
 
         cross = None
         if any(m is not None for m in media):
-            images = [m for m in media if m is not None]
-            states = self.model.encode_images(
-                torch.cat([self._pixels(m) for m in images]),
-                torch.cat([m.aspect_ratio_ids for m in images]).to(self.device),
-                torch.cat([m.aspect_ratio_mask for m in images]).to(self.device),
-            )  # [images, T*P, hidden]
-            per_row = torch.zeros(n, vis_len, states.shape[-1], dtype=self.dtype, device=self.device)
-            i = 0
-            for b, m in enumerate(media):
-                if m is not None:
-                    k = len(m.num_tiles)
-                    per_row[b, : k * self.tiles * self.tokens_per_tile] = states[i: i + k].flatten(0, 1)
-                    i += k
+            states = encoded if encoded is not None else self._encode_batch(media)
+            hidden_size = next(s for s in states if s is not None).shape[-1]
+            per_row = torch.zeros(n, vis_len, hidden_size, dtype=self.dtype, device=self.device)
+            for b, st in enumerate(states):
+                if st is not None:  # [images, T*P, hidden] -> the row's first images * T * P positions
+                    per_row[b, : st.shape[0] * st.shape[1]] = st.flatten(0, 1)
             cross = cross_attention_inputs(
                 [image_spans(p, self.model.cfg.image_token_id) for p in prompts],
                 [m.num_tiles if m is not None else [] for m in media], [0] * n, seq, self.max_images,

@@ -35,6 +35,12 @@ def test_cli_refuses_a_directory_without_a_checkpoint(tmp_path, capsys):
     assert info.value.code == 2 and "no config.json" in capsys.readouterr().err
 
 
+def test_cli_refuses_staged_vision_for_onevision(tiny_ov_dir, capsys):
+    with pytest.raises(SystemExit) as info:
+        serve_job.main(["--model", str(tiny_ov_dir), "--stage-vision-images", "2"])
+    assert info.value.code == 2 and "--stage-vision-images needs an Mllama model" in capsys.readouterr().err
+
+
 
 def test_ray_serve_deployment_answers_like_the_in_process_app(tiny_ov_dir, http, ov_service, kit):
     import httpx

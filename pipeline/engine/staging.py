@@ -1,0 +1,75 @@
+"""Staged admission: a waiting group's images are encoded a few per engine step, between decode steps, and
+the group is then admitted in one cheap step, so running sequences never wait for a whole group's vision
+tower at once and the admission's fixed cost is still paid once per group.
+
+Why: an Mllama admission costs a fixed ~25 ms plus ~39 ms per one-tile request on an H200, nearly all of it
+the vision tower (BENCHMARKS.md). Under a decode-stall budget (`EngineConfig.max_decode_stall_ms`) an
+unstaged engine can only admit 2-3 requests per step, paying the fixed cost for every few requests; without a
+budget a 16-request group stalls decoding for ~0.85 s. Staging takes the vision work out of the admission.
+
+Contract (`VisionStaging`, used by `Engine._admit` when `EngineConfig.stage_vision_images` > 0 and the
+runner has `encode(media)` — the Mllama runner; refused otherwise, tensor parallelism included):
+- Only while sequences are running; an idle engine admits directly (nobody waits on a decode step).
+- `advance()` per step: with no group, take the next admission group from the scheduler (its slots are held
+  from now on: the scheduler has handed them out) — a group without images is returned at once; otherwise
+  encode up to `images_per_step` images of the group (at least one request), or, once every request is
+  encoded, return the group with its states for `runner.prefill(..., encoded=...)`.
+- A request whose images fail to encode completes alone with an `engine_error` and frees its slot; the rest
+  of the group goes on.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pipeline.engine.request import Completion, Request
+from pipeline.engine.scheduler import Scheduler
+
+log = logging.getLogger(__name__)
+
+
+class VisionStaging:
+    def __init__(self, runner: Any, scheduler: Scheduler, images_per_step: int):
+        if not hasattr(runner, "encode"):
+            raise ValueError(f"stage_vision_images needs a runner that encodes media apart from prefill; "
+                             f"{type(runner).__name__} does not (Mllama on one GPU does)")
+        self.runner, self.scheduler, self.images_per_step = runner, scheduler, images_per_step
+        self.group: list[tuple[Request, int]] = []
+        self.encoded: list[Any] = []
+        self.failed: list[Completion] = []  # collected by the engine after each advance
+
+    @property
+    def busy(self) -> bool:
+        return bool(self.group)
+
+    def advance(self, limit: int | None = None) -> tuple[list[tuple[Request, int]], list[Any]] | None:
+        """The group to admit now with its encoded states, or None (a slice was encoded, or nothing waits)."""
+        if not self.group:
+            batch = self.scheduler.next_admission(limit)
+            if not batch or all(r.media is None for r, _ in batch):
+                return (batch, [None] * len(batch)) if batch else None
+            self.group, self.encoded = batch, []
+            # fall through: the first slice is encoded in this step
+        if len(self.encoded) == len(self.group):
+            ready = self.group, self.encoded
+            self.group, self.encoded = [], []
+            return ready
+        images = 0
+        while len(self.encoded) < len(self.group) and (images == 0 or images < self.images_per_step):
+            request, slot = self.group[len(self.encoded)]
+            if request.media is None:
+                self.encoded.append(None)
+                continue
+            try:
+                self.encoded.append(self.runner.encode(request.media))
+            except Exception as exc:  # noqa: BLE001 - this request's media, not the group's
+                log.warning("request %s failed to encode: %r", request.request_id, exc)
+                self.failed.append(Completion.failed(request, f"engine_error: {type(exc).__name__}: {exc}"))
+                self.scheduler.release(slot)
+                del self.group[len(self.encoded)]
+                continue
+            images += self.encoded[-1].shape[0]
+        if not self.group:  # every request failed
+            self.encoded = []
+        return None
