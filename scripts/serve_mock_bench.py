@@ -94,8 +94,10 @@ def hold(seconds: float, host_fraction: float) -> None:
 class SleepRunner:
     """The runner interface (pipeline/engine/runners) with sleeps for GPU time and a tiny vocabulary."""
 
-    def __init__(self, slots: int, decode_s: float, fixed_s: float, per_s: float, host_fraction: float = 0.0):
+    def __init__(self, slots: int, decode_s: float, fixed_s: float, per_s: float, host_fraction: float = 0.0,
+                 vision_s: float = 0.0):
         self.num_slots, self.max_len, self.device = slots, 4096, torch.device("cpu")
+        self.vision_s = vision_s  # the part of per_s that `encode` takes out of a staged admission
         self.tokens = torch.zeros(slots, dtype=torch.long)
         self.positions = torch.zeros(slots, dtype=torch.long)
         self.decode_s, self.fixed_s, self.per_s = decode_s, fixed_s, per_s
@@ -104,8 +106,13 @@ class SleepRunner:
     def check(self, prompt_ids, media) -> None:
         return None
 
-    def prefill(self, prompts, media, slots) -> torch.Tensor:
-        hold(self.fixed_s + self.per_s * len(prompts), self.host_fraction)
+    def encode(self, media) -> torch.Tensor:
+        hold(self.vision_s, self.host_fraction)
+        return torch.zeros(1, 1, 1)  # one image's "states"
+
+    def prefill(self, prompts, media, slots, encoded=None) -> torch.Tensor:
+        per = self.per_s - (self.vision_s if encoded is not None else 0.0)
+        hold(self.fixed_s + per * len(prompts), self.host_fraction)
         return torch.nn.functional.one_hot(torch.full((len(prompts),), TOKEN), TOKEN + 1).float()
 
     def decode(self, batch: int) -> torch.Tensor:
@@ -124,6 +131,10 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--per-request-ms", type=float, default=39.0)
     ap.add_argument("--host-fraction", type=float, default=0.0, help="share of each prefill and decode spent "
                     "busy in Python, holding the GIL (the real engine's launches); the rest sleeps")
+    ap.add_argument("--stage-vision-images", type=int, default=0, help="the served engine stages vision (as "
+                    "jobs/serve.py --stage-vision-images N); the offline engine never does")
+    ap.add_argument("--vision-ms", type=float, default=34.0, help="the part of --per-request-ms that is the vision "
+                    "tower (moved out of the admission when staged; 34 of 39 is an estimate, not a measurement)")
     ap.add_argument("--model-dir", default=str(ROOT / "demo" / "model"), help="tokenizer and chat template")
     ap.add_argument("--image-size", type=int, default=0, help="each request carries one JPEG of this size (as "
                     "a data: URL), preprocessed by the model's codec in the server; 0: text only")
@@ -159,6 +170,7 @@ def main(argv: list[str] | None = None) -> None:
     serve_rate = tokens / serve_s
     where = "Ray Serve" if args.ray_serve else "in-process uvicorn"
     where += ", engine process" if args.engine_process else ""
+    where += f", vision staged {args.stage_vision_images}/step" if args.stage_vision_images else ""
     print(f"[serve_mock_bench] {where}, concurrency "
           f"{args.concurrency}, image {args.image_size or 'none'}, stall limit {stall} ms, host fraction "
           f"{args.host_fraction}: serve {serve_rate:.0f} tok/s, offline {offline_rate:.0f} tok/s, ratio "
@@ -168,16 +180,17 @@ def main(argv: list[str] | None = None) -> None:
           f"cost); decode gaps p50/p99/max {after['gaps_ms']} ms (mock step {args.decode_ms} ms)", flush=True)
 
 
-def mock_engine(args: argparse.Namespace, tok: Tokenizer, stall_ms: float | None) -> Engine:
+def mock_engine(args: argparse.Namespace, tok: Tokenizer, stall_ms: float | None, stage: int = 0) -> Engine:
     runner = SleepRunner(args.slots, args.decode_ms / 1e3, args.fixed_ms / 1e3, args.per_request_ms / 1e3,
-                         args.host_fraction)
-    cfg = EngineConfig(max_num_seqs=args.slots, cuda_graphs=False, max_decode_stall_ms=stall_ms)
+                         args.host_fraction, args.vision_ms / 1e3)
+    cfg = EngineConfig(max_num_seqs=args.slots, cuda_graphs=False, max_decode_stall_ms=stall_ms,
+                       stage_vision_images=stage)
     return Engine(runner, tok, cfg, ())  # the mock never samples a stop token: every answer runs to max_tokens
 
 
 def child_engine(args: argparse.Namespace, stall_ms: float | None) -> Engine:
     """The factory an engine process runs (pipeline/serve/engine_process.py resolves it by this file's path)."""
-    return mock_engine(args, Tokenizer.from_dir(args.model_dir), stall_ms)
+    return mock_engine(args, Tokenizer.from_dir(args.model_dir), stall_ms, args.stage_vision_images)
 
 
 def served_engine(args: argparse.Namespace, cfg: ServeConfig) -> tuple[Any, Engine | None]:
@@ -189,7 +202,7 @@ def served_engine(args: argparse.Namespace, cfg: ServeConfig) -> tuple[Any, Engi
         driver = ProcessDriver(f"{Path(__file__).resolve()}:child_engine", (args, cfg.max_decode_stall_ms),
                                Tokenizer.from_dir(args.model_dir), cfg.engine_report_s)
         return AsyncEngine(driver), None
-    engine = mock_engine(args, Tokenizer.from_dir(args.model_dir), cfg.max_decode_stall_ms)
+    engine = mock_engine(args, Tokenizer.from_dir(args.model_dir), cfg.max_decode_stall_ms, args.stage_vision_images)
     return engine, engine
 
 

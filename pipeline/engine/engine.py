@@ -43,6 +43,7 @@ class Engine:
         self.scheduler = Scheduler(runner.num_slots, config.max_prefill_tokens, config.max_prefill_requests)
         self.staging = (VisionStaging(runner, self.scheduler, config.stage_vision_images)
                         if config.stage_vision_images else None)
+        self.staged_costs = StepTimer()  # staged admissions' own cost line (their vision ran before)
         on_gpu = runner.device.type == "cuda"
         self.decode = GraphedStep(runner.decode, default_buckets(runner.num_slots), config.cuda_graphs and on_gpu)
         self.decode.capture()
@@ -140,25 +141,28 @@ class Engine:
     def _admit(self) -> int:
         """Admit (prefill) what the scheduler and the stall budget allow; returns how many were admitted."""
         if self.staging is not None and (self.staging.busy or self.scheduler.running):
-            ready = self.staging.advance()  # a slice of a group's images, or the encoded group
+            # a slice of a group's images, or the encoded group; groups sized to the stall budget, starting
+            # from one request until a staged admission has been timed
+            budget = self.config.max_decode_stall_ms
+            limit = self.staged_costs.admission_limit(budget, True)
+            ready = self.staging.advance(1 if limit is None and budget is not None else limit)
             self.ready += self.staging.failed
             self.staging.failed.clear()
-            return 0 if ready is None else self._admit_batch(*ready, timed=False)
+            return 0 if ready is None else self._admit_batch(*ready, costs=self.staged_costs)
         limit = self.timer.admission_limit(self.config.max_decode_stall_ms, bool(self.scheduler.running))
         if self._gathering(limit):
             return 0
         batch = self.scheduler.next_admission(limit)
-        return self._admit_batch(batch, None, timed=True) if batch else 0
+        return self._admit_batch(batch, None, costs=self.timer) if batch else 0
 
-    def _admit_batch(self, batch: list[tuple[Request, int]], encoded: list[Any] | None, timed: bool) -> int:
+    def _admit_batch(self, batch: list[tuple[Request, int]], encoded: list[Any] | None, costs: StepTimer) -> int:
         """Prefill `batch` (with its staged vision states, if any); a failure is isolated to its request.
-        Only unstaged admissions feed the stall budget's cost line (`timed`): a staged one costs far less."""
+        Its time goes to `costs`: staged admissions (vision done before) keep a cost line of their own."""
         t0 = self.timer.clock()
         try:
             self._prefill(batch, encoded)
             seconds = self.timer.clock() - t0
-            if timed:
-                self.timer.prefill_done(len(batch), seconds)
+            costs.prefill_done(len(batch), seconds)
             self.stats["admissions"] += 1
             self.stats["admitted"] += len(batch)
             self.stats["prefill_s"] += seconds
