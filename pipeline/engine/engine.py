@@ -75,7 +75,7 @@ class Engine:
             self.timer.idle()
         if self.trace is not None:
             s = self.scheduler
-            self.trace.record(t0, admitted, t1 - t0 if admitted else 0.0, width, self.timer.clock() - t1,
+            self.trace.record(t0, admitted, t1 - t0, width, self.timer.clock() - t1,
                               len(s.waiting), len(s.running))
             if not s.running:
                 self.trace.flush()

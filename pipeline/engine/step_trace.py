@@ -6,11 +6,12 @@ batch job's GPU stage, in a benchmark's offline run) and compare the places step
 
 `StepTrace(dir)` opens `dir/steps-<pid>.jsonl` (two replicas of a node write two files) and `record` writes
 one line per step that did something: its start (`t`, seconds since the first recorded step), the requests
-admitted (`admit`) and that prefill's wall time (`prefill_ms`), the decode width (`width`: the captured batch
+admitted (`admit`) and the admission phase's wall time (`prefill_ms`: the prefill, or a staged slice of
+vision encoding with `admit` 0; pipeline/engine/staging.py), the decode width (`width`: the captured batch
 bucket, 0: no decode) and its wall time (`decode_ms`), and the queue behind it (`waiting`, `running` after the
-step). Times are host wall-clock;
-each step ends in a host sync, so they cover its GPU work. Lines are buffered and flushed every `flush_every`
-records and whenever the engine goes idle, so tracing costs a few microseconds a step.
+step). Times are host wall-clock; each step ends in a host sync, so they cover its GPU work. Lines are
+buffered and flushed every `flush_every` records and whenever the engine goes idle, so tracing costs a few
+microseconds a step.
 
 `summarize(lines)` answers the questions the endpoint's benchmarks keep asking: what an admission of n
 requests costs here (p50 per n), what a decode step of each width costs, how long running sequences waited
