@@ -15,12 +15,13 @@ runner has `encode(media)` — the Mllama runner; refused otherwise, tensor para
   encode up to `images_per_step` images of the group (at least one request), or, once every request is
   encoded, return the group with its states for `runner.prefill(..., encoded=...)`.
 - A request whose images fail to encode completes alone with an `engine_error` and frees its slot; the rest
-  of the group goes on.
+  of the group goes on. `drop` takes requests out of a group (the endpoint's cancelled streams).
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from pipeline.engine.request import Completion, Request
@@ -42,6 +43,21 @@ class VisionStaging:
     @property
     def busy(self) -> bool:
         return bool(self.group)
+
+    def drop(self, unwanted: Callable[[Request], bool]) -> list[Request]:
+        """Take the group's `unwanted` requests (e.g. cancelled by their clients) out and free their slots."""
+        dropped = []
+        for i in reversed(range(len(self.group))):
+            request, slot = self.group[i]
+            if unwanted(request):
+                del self.group[i]
+                if i < len(self.encoded):
+                    del self.encoded[i]
+                self.scheduler.release(slot)
+                dropped.append(request)
+        if not self.group:
+            self.encoded = []
+        return dropped[::-1]
 
     def advance(self, limit: int | None = None) -> tuple[list[tuple[Request, int]], list[Any]] | None:
         """The group to admit now with its encoded states, or None (a slice was encoded, or nothing waits)."""

@@ -114,6 +114,9 @@ class StreamingEngine:
         for r in [r for r in sched.waiting if getattr(r, "cancelled", False)]:
             sched.waiting.remove(r)
             out.append(Completion.failed(r, "cancelled: the client went away"))
+        staging = getattr(self.engine, "staging", None)  # requests whose images are being encoded
+        for r in staging.drop(lambda r: getattr(r, "cancelled", False)) if staging is not None else ():
+            out.append(Completion.failed(r, "cancelled: the client went away"))
         for slot, seq in list(sched.running.items()):
             if getattr(seq.request, "cancelled", False):
                 sched.release(slot)  # what the engine does when a sequence finishes

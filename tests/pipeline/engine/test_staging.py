@@ -72,3 +72,23 @@ def test_a_runner_without_encode_is_refused():
 
     with pytest.raises(ValueError, match="stage_vision_images"):
         Engine(NoStaging(), None, EngineConfig(max_num_seqs=2, cuda_graphs=False, stage_vision_images=2), ())
+
+
+def test_dropped_requests_leave_the_group_and_free_their_slots(our_tiny_mllama):
+    """What the endpoint does with a stream cancelled while its images are being encoded."""
+    rng = random.Random(13)
+    pool = [random_request(i, rng, 4, ignore_eos=True) for i in range(1, 12)]
+    first, a, b = random_request(0, rng, 30, ignore_eos=True), *[r for r in pool if r.media is not None][:2]
+    engine = make_engine(our_tiny_mllama, slots=4, max_prefill_requests=2, stage_vision_images=1)
+    engine.add(first)
+    engine.step()  # admitted directly: nothing was running
+    engine.add(a)
+    engine.add(b)
+    engine.step()  # a group of a and b is formed and a's image encoded
+    assert engine.staging.busy and len(engine.scheduler.free) == 1
+    assert engine.staging.drop(lambda r: r is a) == [a] and len(engine.scheduler.free) == 2
+    done = {}
+    while engine.has_work():
+        done.update({c.request_id: c.token_ids for c in engine.step()})
+    assert set(done) == {first.request_id, b.request_id}
+    assert done[b.request_id] == run_all(make_engine(our_tiny_mllama), [b])[b.request_id]
