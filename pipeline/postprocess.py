@@ -31,7 +31,10 @@ def to_output_table(batch: dict[str, np.ndarray], model_name: str, schema: pa.Sc
     for field in schema:
         if field.name not in BASE_NAMES:
             values = batch.get("keep__" + field.name)
-            cols[field.name] = pa.array(list(values) if values is not None else [None] * n, field.type)
+            # A nullable integer (or bool) column reaches a numpy batch as floats with NaN for its nulls:
+            # NaN is null there. A float column keeps its NaN values as they are.
+            cols[field.name] = pa.array(list(values) if values is not None else [None] * n, field.type,
+                                        from_pandas=not pa.types.is_floating(field.type))
     table = pa.table(cols, schema=schema)
     if UNIT_COLUMN in batch:
         table = table.append_column(UNIT_COLUMN, pa.array([str(x) for x in batch[UNIT_COLUMN]], pa.string()))
