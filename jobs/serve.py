@@ -130,8 +130,9 @@ def main(argv: list[str] | None = None) -> int:
         cli.error(f"--model {a.model} is not a checkpoint directory (no config.json)")
     if a.stage_vision_images and "://" not in a.model:
         from models.registry import architecture
+        from pipeline.engine.staging import can_stage
 
-        if architecture(Path(a.model)) != "MllamaForConditionalGeneration" or a.tp > 1:
+        if not can_stage(architecture(Path(a.model)), a.tp):
             cli.error("--stage-vision-images needs an Mllama model on one GPU per replica (--tp 1)")
     config = config_from_args(a)
     if a.no_ray:

@@ -53,7 +53,9 @@ def check_model_path(config: JobConfig) -> None:
 
 def check_staging(config: JobConfig, arch: str) -> None:
     """`--stage-vision-images` works with runners that encode media apart (pipeline/engine/staging.py)."""
-    if config.stage_vision_images and (arch != "MllamaForConditionalGeneration" or config.tp > 1):
+    from pipeline.engine.staging import can_stage
+
+    if config.stage_vision_images and not can_stage(arch, config.tp):
         raise InputError(f"--stage-vision-images needs an Mllama model on one GPU per replica (this is {arch}, "
                          f"--tp {config.tp})", kind="config_error")
 

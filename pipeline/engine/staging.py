@@ -30,6 +30,11 @@ from pipeline.engine.scheduler import Scheduler
 log = logging.getLogger(__name__)
 
 
+def can_stage(arch: str, tp: int) -> bool:
+    """Whether an engine for `arch` at `tp` GPUs has a runner with `encode` (the CLIs refuse early otherwise)."""
+    return arch == "MllamaForConditionalGeneration" and tp == 1
+
+
 class VisionStaging:
     def __init__(self, runner: Any, scheduler: Scheduler, images_per_step: int):
         if not hasattr(runner, "encode"):

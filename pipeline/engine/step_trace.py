@@ -9,9 +9,9 @@ one line per step that did something: its start (`t`, seconds since the first re
 admitted (`admit`) and the admission phase's wall time (`prefill_ms`: the prefill, or a staged slice of
 vision encoding with `admit` 0; pipeline/engine/staging.py), the decode width (`width`: the captured batch
 bucket, 0: no decode) and its wall time (`decode_ms`), and the queue behind it (`waiting`, `running` after the
-step). Times are host wall-clock; each step ends in a host sync, so they cover its GPU work. Lines are
-buffered and flushed every `flush_every` records and whenever the engine goes idle, so tracing costs a few
-microseconds a step.
+step). Times are host wall-clock; each step ends in a host sync, so they cover its GPU work (a staged slice is
+not synced on its own: its GPU time shows in the same step's `decode_ms`). Lines are buffered and flushed
+every `flush_every` records and whenever the engine goes idle, so tracing costs a few microseconds a step.
 
 `summarize(lines)` answers the questions the endpoint's benchmarks keep asking: what an admission of n
 requests costs here (p50 per n), what a decode step of each width costs, how long running sequences waited

@@ -7,9 +7,9 @@ token and with Serve's own threads (its replica loop, Ray's streaming-generator 
 ms alone. vLLM moved its engine core out of the API server's process for the same reason. Measured on the
 2-core CPU mock (no gain, BENCHMARKS.md session 10) and in two A/Bs on an H200 (Mllama-11B shapes, Ray Serve,
 session 11): at concurrency 64 right after the warm-up 708 output tokens/s against 586 with the engine thread,
-but after levels 1 and 16 675 against 668, and at concurrency 1 TTFT p50 117 against 97 ms (the hop through
-the pipe, media tensors moved to shared memory by torch's reducers: not yet profiled). No clear gain, so off by
-default (`jobs/serve.py --engine-process`).
+but after levels 1 and 16 675 against 668, and at concurrency 1 TTFT p50 117 against 97 ms (not yet explained:
+a one-tile Mllama request's 3.8 MB of uint8 pixels cross the pipe in 2-4 ms on a 2-core CPU, moved to shared
+memory by torch's reducers). No clear gain, so off by default (`jobs/serve.py --engine-process`).
 
 Contract:
 - `ProcessDriver(factory, args, tokenizer)` is an `AsyncEngine` driver (pipeline/serve/stream_engine.py): it

@@ -77,8 +77,7 @@ class MllamaRunner:
         """One request's images through the vision tower and projector: [images, T*P, hidden]. The engine
         calls it ahead of `prefill` to stage a group's vision work over several steps
         (EngineConfig.stage_vision_images)."""
-        return self.model.encode_images(self._pixels(media), media.aspect_ratio_ids.to(self.device),
-                                        media.aspect_ratio_mask.to(self.device))
+        return self._encode_batch([media])[0]
 
     def _encode_batch(self, media: list[MllamaImages | None]) -> list[torch.Tensor | None]:
         """Every request's vision states from one vision-tower call over all their images."""
