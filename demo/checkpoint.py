@@ -8,6 +8,7 @@ carry (progress.json, or a finished checkpoint's training.json). Used by scripts
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -97,6 +98,38 @@ def load_weights(model, src: Path) -> dict:
         done = json.loads(record.read_text())
         return {"steps": int(done["steps"]), "elapsed_s": float(done["train_seconds"])}
     return {}
+
+
+TEXT_LAYER = re.compile(r"^(language_model\.model\.layers\.)(\d+)\.(.+)$")
+SILENT = ("self_attn.o_proj.weight", "mlp.down_proj.weight")  # a layer's two writes into the residual stream
+
+
+def init_from(model, src: Path) -> list[int]:
+    """Warm start: `src`'s weights (a checkpoint dir or exported parts) into `model`, which may have more text
+    layers than `src`. The old layers spread evenly over the new depth (first stays first, last stays last);
+    each new layer keeps its random init but with its output projections zeroed, so it adds nothing to the
+    residual stream and the grown model computes exactly what `src` computes until training moves it.
+    Returns the new index of each old layer. No progress is read: the caller's schedule starts afresh."""
+    from safetensors.torch import load
+
+    state = load(joined_parts(src) or (src / "model.safetensors").read_bytes())
+    old = 1 + max((int(m[2]) for k in state if (m := TEXT_LAYER.match(k))), default=-1)
+    new = len(model.language_model.model.layers)
+    if not 0 < old <= new:
+        raise SystemExit(f"{src}: {old} text layers cannot grow into {new}")
+    place = [round(i * (new - 1) / max(old - 1, 1)) for i in range(old)]
+    grown = {}
+    for k, v in state.items():
+        m = TEXT_LAYER.match(k)
+        grown[f"{m[1]}{place[int(m[2])]}.{m[3]}" if m else k] = v
+    for k, v in model.state_dict().items():
+        m = TEXT_LAYER.match(k)
+        if m and int(m[2]) not in place:
+            grown[k] = torch.zeros_like(v) if m[3] in SILENT else v
+    missing, unexpected = model.load_state_dict(grown, strict=False)
+    if unexpected or set(missing) - set(model.tied_weights):
+        raise SystemExit(f"{src}: weights do not match the model: missing {missing}, unexpected {unexpected}")
+    return place
 
 
 def from_parts(parts: Path, out: Path, shared: Path) -> None:

@@ -47,7 +47,7 @@ sys.path.insert(0, str(ROOT))
 
 from demo import world  # noqa: E402
 from demo.cell_head import CellHead  # noqa: E402
-from demo.checkpoint import SOURCE, demo_config, from_parts, load_weights, save, write_metadata  # noqa: E402
+from demo.checkpoint import SOURCE, demo_config, from_parts, init_from, load_weights, save, write_metadata  # noqa: E402
 from demo.examples import CAPTION_PROMPT, ExampleMaker, collate, qa_prompt  # noqa: E402
 from demo.feature_index import gather_features  # noqa: E402
 from demo.heldout import HELD_OUT_SEED  # noqa: E402
@@ -181,6 +181,9 @@ def main(argv: list[str] | None = None) -> None:
                     "resumed runs (default: --time-budget-s)")
     ap.add_argument("--resume", type=Path, help="start from these weights (checkpoint dir or exported parts) "
                     "and their progress.json: the schedule continues where it stopped; AdamW restarts")
+    ap.add_argument("--init-from", type=Path, help="warm start: these finished weights (e.g. demo/model) with a "
+                    "fresh schedule; with a deeper --text-layers their layers spread over the new depth and the "
+                    "new ones start silent (demo.checkpoint.init_from)")
     ap.add_argument("--max-steps", type=int, default=10**9)
     ap.add_argument("--batch", type=int, default=48)
     ap.add_argument("--lr", type=float, default=3e-3)
@@ -216,6 +219,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--profile-steps", type=int, default=0, help="profile this many steps after 10 warm-up "
                     "steps, print where the time goes, and stop (nothing saved)")
     args = ap.parse_args(argv)
+    if args.resume and args.init_from:
+        ap.error("--resume continues a run; --init-from starts a new one from finished weights: not both")
     if args.from_parts:
         return from_parts(args.from_parts, args.out, args.shared)
 
@@ -232,6 +237,8 @@ def main(argv: list[str] | None = None) -> None:
     model.language_model.reset_buffers()  # tie lm_head to the embedding
     random_init(model, args.seed, fuse=False)
     done = load_weights(model, args.resume) if args.resume else {}
+    if args.init_from:
+        print(f"[train] warm start from {args.init_from}: its text layers at {init_from(model, args.init_from)}")
     if args.compile:  # in place: the state_dict keys (the checkpoint's names) stay as they are
         model.vision_tower.compile(dynamic=True)
         model.language_model.model.compile(dynamic=True)
@@ -336,6 +343,7 @@ def main(argv: list[str] | None = None) -> None:
               "easy_turns": list(args.easy_turns), "turns": "independent (each sees the media prefix only)",
               "turn_attention": args.turn_attention, "cell_loss_weight": args.cell_loss_weight,
               "resumed_from": str(args.resume) if args.resume else None, "resumed_at_step": step0,
+              "init_from": str(args.init_from) if args.init_from else None, "text_layers": args.text_layers,
               "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
               "easy_vqa": args.easy_vqa_dir is not None, "held_out_exact_match": acc}
     for d in filter(None, (args.out, args.export_dir)):
