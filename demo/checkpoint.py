@@ -96,7 +96,8 @@ def load_weights(model, src: Path) -> dict:
     record = src / "training.json"
     if record.exists():
         done = json.loads(record.read_text())
-        return {"steps": int(done["steps"]), "elapsed_s": float(done["train_seconds"])}
+        return {"steps": int(done["steps"]), "elapsed_s": float(done["train_seconds"]),
+                "init_from": done.get("init_from")}
     return {}
 
 

@@ -204,13 +204,15 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--text-head-dim", type=int, default=32, help="the language model's attention head width "
                     "(0: hidden / heads = 16); transformers' Qwen2 reads `head_dim` from the config")
     ap.add_argument("--text-layers", type=int, default=6, help="the language model's depth (~0.25 MB of the "
-                    "file per layer; the 25 MB bound allows up to 10)")
+                    "file per layer; the 25 MB bound allows up to 10; the shipped weights: 10, grown from 6 with "
+                    "--init-from)")
     ap.add_argument("--turn-attention", choices=sorted(TURN_ATTENTION), default="split",
                     help="split: causal attention (flash) for all rows, the mask only for turn rows; masked: one "
                     "[S, S] mask for every query (the same result, ~20%% slower steps on an H200)")
     ap.add_argument("--cell-loss-weight", type=float, default=0.5, help="weight of a training-only head that "
                     "predicts every grid cell's shape, colour and size from the scene's vision features "
-                    "(demo/cell_head.py; never saved); 0: off (held-out 79.6%% without it, 90.8%% with 0.5)")
+                    "(demo/cell_head.py; never saved); 0: off (6 text layers: held-out 79.6%% without it, 90.8%% "
+                    "with 0.5)")
     ap.add_argument("--compile", action="store_true", help="torch.compile the vision tower and the language "
                     "model (dynamic shapes: crops and sequence lengths change every batch)")
     ap.add_argument("--save-every-s", type=float, default=120.0)
@@ -243,6 +245,8 @@ def main(argv: list[str] | None = None) -> None:
         model.vision_tower.compile(dynamic=True)
         model.language_model.model.compile(dynamic=True)
     offset, step0 = float(done.get("elapsed_s", 0.0)), int(done.get("steps", 0))
+    # what the run was warm-started from, kept across resumed calls (progress.json carries it)
+    lineage = {"init_from": str(args.init_from) if args.init_from else done.get("init_from")}
     schedule_s = args.schedule_s or args.time_budget_s
     maker = ExampleMaker(args.out, args.easy_vqa_dir)  # for held_out: default questions, the CI-checked set
     pre = json.loads((args.out / "preprocessor_config.json").read_text())
@@ -325,12 +329,12 @@ def main(argv: list[str] | None = None) -> None:
             clock.reset()
         if time.perf_counter() - last_save >= args.save_every_s:
             save(model, args.out, args.export_dir,
-                 {"steps": step, "loss": smooth, "elapsed_s": offset + time.perf_counter() - t0})
+                 {"steps": step, "loss": smooth, "elapsed_s": offset + time.perf_counter() - t0, **lineage})
             save_cell_head(cells, args.export_dir)
             last_save = time.perf_counter()
         waited = time.perf_counter()  # saves and logging stay out of the data wait
     train_s = offset + time.perf_counter() - t0
-    save(model, args.out, args.export_dir, {"steps": step, "loss": smooth, "elapsed_s": train_s})
+    save(model, args.out, args.export_dir, {"steps": step, "loss": smooth, "elapsed_s": train_s, **lineage})
     save_cell_head(cells, args.export_dir)
     print(f"[train] {step} steps in {train_s:.0f} s; saved the weights", flush=True)
     model.eval()
@@ -343,7 +347,7 @@ def main(argv: list[str] | None = None) -> None:
               "easy_turns": list(args.easy_turns), "turns": "independent (each sees the media prefix only)",
               "turn_attention": args.turn_attention, "cell_loss_weight": args.cell_loss_weight,
               "resumed_from": str(args.resume) if args.resume else None, "resumed_at_step": step0,
-              "init_from": str(args.init_from) if args.init_from else None, "text_layers": args.text_layers,
+              **lineage, "text_layers": args.text_layers,
               "device": torch.cuda.get_device_name() if device.type == "cuda" else "cpu",
               "easy_vqa": args.easy_vqa_dir is not None, "held_out_exact_match": acc}
     for d in filter(None, (args.out, args.export_dir)):
