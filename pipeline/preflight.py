@@ -88,8 +88,9 @@ def rows_already_done(config: JobConfig) -> int | None:
         return None
     sink = OutputSink(config.output, output_schema(), config.output_format)
     stored = sink.stored_job()
-    if stored is None or stored.get("fingerprint") != config.fingerprint() or sink.parts_of_other_formats():
-        return None
+    if (stored is None or stored.get("fingerprint") != config.fingerprint() or sink.parts_of_other_formats()
+            or sink.weights_changed(config, stored)):
+        return None  # work left, or a refusal that the pipeline's sink reports
     units = input_units(config)
     if units is not None:
         finished = sink.done_units()

@@ -10,8 +10,9 @@ Exactly-once: a part file or completion record becomes visible only when complet
 `.tmp-*` then rename; S3: a PUT is atomic), and the driver never writes an id twice. A crash leaves at
 most `.tmp-*` debris, removed on the next run. What a resume skips is decided in pipeline/resume.py from
 the listing: finished units by their records, partly written ones by the ids of their own parts. A run
-whose fingerprint differs from the stored one is refused unless `overwrite` (which deletes old parts and
-records).
+whose fingerprint differs from the stored one, or whose model path now holds other weights
+(pipeline/weights_id.py, recorded beside the fingerprint), is refused unless `overwrite` (which deletes old parts
+and records).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pipeline.job_config import JobConfig
+from pipeline.weights_id import weights_identity
 
 JOB_FILE = "_vlmcap_job.json"
 DONE_DIR = "_vlmcap_done"
@@ -73,6 +75,10 @@ class OutputSink:
         if stored is not None and stored.get("fingerprint") != config.fingerprint():
             return (f"{self.uri} holds output of a different configuration ({changed_settings(stored, config)}); "
                     "use a new --output, the same settings, or --overwrite to replace it")
+        if self.weights_changed(config, stored):
+            return (f"{self.uri} holds output of the weights that were at --model {config.model} when it was "
+                    "written; the safetensors there have changed since. Use a new --output, or --overwrite to "
+                    "replace it")
         other = self.parts_of_other_formats()
         if stored is None and (self.parts() or other):
             return f"{self.uri} holds part files but no {JOB_FILE}; pass --overwrite to replace them"
@@ -93,10 +99,19 @@ class OutputSink:
             raise ConfigMismatchError(refused)
         stored = self.stored_job()
         if config.overwrite and (self.parts_of_other_formats() or stored is None
-                                 or stored.get("fingerprint") != config.fingerprint()):
+                                 or stored.get("fingerprint") != config.fingerprint()
+                                 or self.weights_changed(config, stored)):
             self._remove_parts()
         with self.fs.open(self._path(JOB_FILE), "w") as f:
-            json.dump({"fingerprint": config.fingerprint(), "config": _jsonable(config)}, f, indent=2)
+            json.dump({"fingerprint": config.fingerprint(), "config": _jsonable(config),
+                       "weights": weights_identity(config.model, config.random_weights)}, f, indent=2)
+
+    @staticmethod
+    def weights_changed(config: JobConfig, stored: dict | None) -> bool:
+        """The stored job recorded its weights and `config.model` now holds others (records of older versions,
+        remote models and random weights have no identity: nothing to compare)."""
+        before = (stored or {}).get("weights")
+        return before is not None and weights_identity(config.model, config.random_weights) not in (None, before)
 
     def stored_job(self) -> dict | None:
         """The `_vlmcap_job.json` of the job that wrote here, or None."""

@@ -26,6 +26,8 @@ Contract:
 - `--ab-serve-arg FLAG` (repeatable) runs the server phase a second time with FLAG added (JSON `b`, rows tagged
   with the flag), both compared with the same offline run: an A/B in one device call, e.g. `--levels 64
   --requests-per-level 192 --ab-serve-arg=--engine-process` (~2 minutes per variant on an H200).
+  `--variant "FLAGS"` (repeatable) adds one more server phase per use, each with its own flags (JSON `b`, `c`,
+  ...): e.g. `--variant "--max-decode-stall-ms 400" --variant --engine-process` (~90 s each at one level).
 - `--step-trace DIR`: every engine (each serve variant's replica, the offline run) writes one line per step
   (pipeline/engine/step_trace.py) and the end prints each one's summary: what an admission of n requests and
   a decode step of each width cost in that place, the decode gaps, the wall clock's prefill/decode/idle split.
@@ -40,6 +42,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -150,6 +153,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--ab-serve-arg", action="append", default=[], help="also run the serve phase a second time "
                    "with this extra jobs/serve.py flag (repeatable), e.g. --ab-serve-arg=--engine-process: an A/B "
                    "in one call, both against the same offline run")
+    p.add_argument("--variant", action="append", default=[], help="one more serve phase with these jobs/serve.py "
+                   "flags (one string, split as a shell would; repeatable: variants b, c, ...)")
     p.add_argument("--no-ray", action="store_true", help="serve with uvicorn in one process (no Ray Serve)")
     p.add_argument("--skip-offline", action="store_true")
     p.add_argument("--step-trace", help="directory: the engine's per-step lines of each serve variant (serve_a, "
@@ -170,6 +175,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         counts = counts * len(a.levels)
     if len(counts) != len(a.levels) or min(counts + a.levels) < 1:
         p.error("--requests-per-level: one positive number, or one per level")
+    if bool(a.ab_serve_arg) + len(a.variant) > 6:
+        p.error("at most 6 extra serve variants (--ab-serve-arg's one and --variant's)")
     a.counts = counts
     return a
 
@@ -180,9 +187,8 @@ def table(results: dict) -> str:
 
     rows = ["| concurrency | requests (ok/err) | req/s | output tok/s | TTFT p50 / p99 (ms) | TPOT p50 / p99 (ms) "
             "| latency p50 / p99 (ms) | mean tokens |", "|---|---|---|---|---|---|---|---|"]
-    b = results.get("b") or {}
-    b_tag = " ".join(b.get("serve_arg", ())) + ", "
-    for tag, r in [("", r) for r in results["levels"]] + [(b_tag, r) for r in b.get("levels", ())]:
+    parts = [("", results)] + [(" ".join(v.get("serve_arg", ())) + ", ", v) for v in extra_variants(results)]
+    for tag, r in [(tag, r) for tag, part in parts for r in part.get("levels", ())]:
         rows.append(f"| {tag}{r['concurrency']} | {r['ok']}/{r['errors']} | {f(r['requests_per_s'], '{:.2f}')} | "
                     f"{f(r['output_tokens_per_s'], '{:.0f}')} | {f(r['ttft_p50_ms'], '{:.0f}')} / "
                     f"{f(r['ttft_p99_ms'], '{:.0f}')} | {f(r['tpot_p50_ms'])} / {f(r['tpot_p99_ms'])} | "
@@ -192,11 +198,17 @@ def table(results: dict) -> str:
     if o:
         rows.append(f"| offline engine, batch {o['slots']} | {o['requests'] - o['errors']}/{o['errors']} | "
                     f"{o['requests_per_s']:.2f} | {o['output_tokens_per_s']:.0f} | - | - | - | {o['mean_tokens']} |")
-    for tag, part in (("", results), (b_tag[:-2] + " ", b)):
+    for tag, part in parts:
+        tag = tag[:-2] + " " if tag else ""
         if part.get("ratio") is not None:
             rows.append(f"\nserve {tag}(concurrency {part['levels'][-1]['concurrency']}) / offline output tokens/s: "
                         f"**{part['ratio']:.2f}** (criterion: >= 0.80)")
     return "\n".join(rows)
+
+
+def extra_variants(results: dict) -> list[dict]:
+    """The serve phases after the first (JSON keys b, c, ...), in order."""
+    return [results[k] for k in "bcdefg" if k in results]
 
 
 def serve_phase(args, extra: list[str], pool: list[dict], log, left, problem, save) -> dict:
@@ -271,7 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"[serve_bench] {len(pool)} request bodies ({len(json.dumps(pool[0])) / 1024:.0f} KiB each) in "
           f"{time.perf_counter() - t0:.1f} s", flush=True)
     max_model_len = args.max_model_len
-    variants = [("a", [])] + ([("b", args.ab_serve_arg)] if args.ab_serve_arg else [])
+    extras = ([args.ab_serve_arg] if args.ab_serve_arg else []) + [shlex.split(v) for v in args.variant]
+    variants = [("a", [])] + [("bcdefg"[i], flags) for i, flags in enumerate(extras)]
     with open(log_path, "w") as log:
         for name, extra in variants:
             if len(variants) > 1:
@@ -282,7 +295,7 @@ def main(argv: list[str] | None = None) -> int:
             if name == "a":
                 results["server"], results["levels"] = served["server"], served["levels"]
             else:
-                results["b"] = {"serve_arg": extra, **served}
+                results[name] = {"serve_arg": extra, **served}
             save()
 
         if not args.skip_offline:
@@ -291,9 +304,8 @@ def main(argv: list[str] | None = None) -> int:
                 o = run_offline(args, levels[-1][1], max_model_len, left(args.offline_timeout), log)
                 results["offline"] = o
                 print(f"[serve_bench] offline: {o}", flush=True)
-                for part in (results, results.get("b")):
-                    served = next((r for r in (part or {}).get("levels", ()) if r["concurrency"] == levels[-1][0]),
-                                  None)
+                for part in (results, *extra_variants(results)):
+                    served = next((r for r in part.get("levels", ()) if r["concurrency"] == levels[-1][0]), None)
                     if served and o["output_tokens_per_s"] > 0:
                         part["ratio"] = round(served["output_tokens_per_s"] / o["output_tokens_per_s"], 3)
             except Exception as exc:  # noqa: BLE001
@@ -313,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
 
         print("\nstep traces (admission p50 ms by size, decode p50 ms by width, gaps, wall-clock share):")
         summarize_traces([str(f) for f in traces])
-    every_level = results["levels"] + (results.get("b") or {}).get("levels", [])
+    every_level = [r for part in (results, *extra_variants(results)) for r in part.get("levels", [])]
     bad = results["problems"] or any(r["errors"] or r["timed_out"] for r in every_level)
     return 1 if bad else 0
 

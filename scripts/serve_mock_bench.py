@@ -26,6 +26,9 @@ Ray Serve 0.81-0.84 and 0.90. Under Serve the engine thread's decode steps take 
 RAY_SERVE_RUN_USER_CODE_IN_SEPARATE_THREAD=0 (RAY_SERVE_* variables are passed on to the replica) changed
 nothing. So Serve's threads in the replica slow the engine's own Python; an engine in its own process would not
 share that GIL.
+Calibration warning (session 12, H200 step traces, BENCHMARKS.md): in the Serve replica a one-request admission
+cost 104 ms (2: 149, 3: 183), against this mock's 25 + 39 = 64 ms, and the endpoint measured 0.49 of offline
+where the mock says 0.88; `--fixed-ms 60 --per-request-ms 41` reproduces the replica's admissions.
 """
 
 from __future__ import annotations

@@ -86,3 +86,35 @@ def test_jsonl_keeps_non_ascii_text(tmp_path):
     path = sink.write(t)
     line = (tmp_path / "o" / path.rsplit("/", 1)[-1]).read_text(encoding="utf-8")
     assert "über die Straße 🐕" in line and '"ü-1"' in line and "\\u" not in line
+
+
+def test_new_weights_at_the_same_model_path_are_refused(tmp_path):
+    """The fingerprint names the model by its path: new safetensors there (a retrained model) must not resume
+    into the old weights' output; records without a weights identity (older versions) still resume."""
+    import json
+
+    import torch
+    from safetensors.torch import save_file
+
+    model = tmp_path / "model"
+    model.mkdir()
+    save_file({"w": torch.zeros(64, 64)}, model / "model.safetensors")
+    cfg = JobConfig(model=str(model), input="in", output=str(tmp_path / "o"))
+    OutputSink(cfg.output, output_schema()).prepare(cfg)
+    OutputSink(cfg.output, output_schema()).write(table(["a"]))
+    assert OutputSink(cfg.output, output_schema()).refusal(cfg) is None  # same weights: resume
+
+    save_file({"w": torch.ones(64, 64)}, model / "model.safetensors")  # same names, shapes and size
+    sink = OutputSink(cfg.output, output_schema())
+    with pytest.raises(ConfigMismatchError, match="safetensors there have changed"):
+        sink.prepare(cfg)
+    job = tmp_path / "o" / "_vlmcap_job.json"
+    record = json.loads(job.read_text())
+    job.write_text(json.dumps({k: v for k, v in record.items() if k != "weights"}))  # an older version's record
+    assert sink.refusal(cfg) is None
+
+    forced = JobConfig(model=str(model), input="in", output=cfg.output, overwrite=True)
+    job.write_text(json.dumps(record))
+    OutputSink(cfg.output, output_schema()).prepare(forced)
+    assert OutputSink(cfg.output, output_schema()).existing_ids() == set()  # the old weights' rows are gone
+    assert OutputSink(cfg.output, output_schema()).refusal(cfg) is None  # and the new weights are recorded
