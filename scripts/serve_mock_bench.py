@@ -28,7 +28,10 @@ nothing. So Serve's threads in the replica slow the engine's own Python; an engi
 share that GIL.
 Calibration warning (session 12, H200 step traces, BENCHMARKS.md): in the Serve replica a one-request admission
 cost 104 ms (2: 149, 3: 183), against this mock's 25 + 39 = 64 ms, and the endpoint measured 0.49 of offline
-where the mock says 0.88; `--fixed-ms 60 --per-request-ms 41` reproduces the replica's admissions.
+where the mock says 0.88. Given the replica's costs (`--fixed-ms 60 --per-request-ms 41 --decode-ms 21.9`, 192
+requests, 2-core CPU) the mock serves 595 tok/s (the H200 replica: 522) in admissions of 1.8 requests at 135 ms,
+but its offline run pays the same 60 ms fixed cost (859 tok/s; the H200 offline engine, ~25 ms fixed: 1,072), so
+its ratio reads 0.69: the replica's fixed admission cost, not the scheduling, is what the mock is missing.
 """
 
 from __future__ import annotations
