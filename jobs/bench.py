@@ -11,6 +11,9 @@ transformers' `generate()` (batch --hf-batch, on the first --hf-images images). 
 table: images/s, output tokens/s, batch-1 decode step, peak GPU memory, and our ratio to HF.
 With --tp N the engine drives a tensor-parallel replica of N ranks (GPUs 0..N-1), each filling only its
 own random shard, so 90B/72B run from config.json alone; peak memory is rank 0's; HF is not run.
+--arrival-rate R then feeds requests as a Poisson process and reports the gaps between decode steps, overall
+and at a steady state (issue 16, criterion 3: ~256 running needs longer answers than the batch run's), e.g.
+    python jobs/bench.py --skip-hf --small-images 0 --arrival-rate 14 --arrival-requests 1024 --arrival-new-tokens 256
 """
 
 from __future__ import annotations
@@ -105,27 +108,47 @@ def timed(fn):
     return out, time.perf_counter() - t
 
 
-def arrivals_run(engine: Engine, requests: list[Request], rate: float, seed: int = 0) -> dict:
+def arrivals_run(engine: Engine, requests: list[Request], rate: float, seed: int = 0,
+                 steady_running: int | None = None, clock=time.perf_counter, sleep=time.sleep) -> dict:
     """Requests arrive as a Poisson process of `rate`/s while the engine runs; the gaps between consecutive
-    decode steps (what a running sequence waits per token, prefill stalls included) come from its StepTimer."""
+    decode steps (what a running sequence waits per token, prefill stalls included) come from its StepTimer,
+    each paired with how many sequences that step decoded. Gaps of the steady state (steps decoding at least
+    `steady_running` sequences) are reported apart from the ramp up and the drain (issue 16, criterion 3)."""
     from pipeline.engine.step_timer import StepTimer
 
-    gaps = np.random.default_rng(seed).exponential(1 / rate, len(requests)).cumsum()
-    engine.timer = StepTimer()  # gaps of this run only
-    done, i, t0 = [], 0, time.perf_counter()
+    arrive = np.random.default_rng(seed).exponential(1 / rate, len(requests)).cumsum()
+    engine.timer = StepTimer(window=10**7, clock=clock)  # gaps of this run only, all of them
+    widths: list[int] = []  # per decode step, aligned with engine.timer.gaps
+    done, i, t0 = [], 0, clock()
     while len(done) < len(requests):
-        now = time.perf_counter() - t0
-        while i < len(requests) and gaps[i] <= now:
+        now = clock() - t0
+        while i < len(requests) and arrive[i] <= now:
             engine.add(requests[i])
             i += 1
         if engine.has_work():
-            done += engine.step()
+            gaps_before = len(engine.timer.gaps)
+            finished = engine.step()
+            done += finished
+            if len(engine.timer.gaps) > gaps_before:  # a decode step that continued running sequences
+                widths.append(len(engine.scheduler.running) + sum(c.error is None for c in finished))
         else:
-            time.sleep(max(0.0, gaps[i] - now))
-    secs = time.perf_counter() - t0
-    p50, p99, worst = engine.timer.gaps_ms()
-    return {"arrival_rate": rate, "images_per_s": len(requests) / secs, "gap_p50_ms": p50, "gap_p99_ms": p99,
-            "gap_max_ms": worst, "decode_steps": len(engine.timer.gaps) + 1}
+            sleep(max(0.0, arrive[i] - now))
+    secs = clock() - t0
+    gaps = np.array(engine.timer.gaps) * 1e3
+    out = {"arrival_rate": rate, "requests": len(requests), "images_per_s": len(requests) / secs,
+           "decode_steps": len(gaps) + 1, "running_p50": float(np.median(widths)) if widths else 0,
+           "running_max": max(widths, default=0), **gap_stats(gaps)}
+    if steady_running:
+        steady = gaps[np.array(widths) >= steady_running] if widths else gaps[:0]
+        out["steady"] = {"running_at_least": steady_running, "decode_steps": len(steady), **gap_stats(steady)}
+    return out
+
+
+def gap_stats(gaps_ms: np.ndarray) -> dict:
+    if not len(gaps_ms):
+        return {"gap_p50_ms": None, "gap_p99_ms": None, "gap_max_ms": None}
+    return {"gap_p50_ms": float(np.percentile(gaps_ms, 50)), "gap_p99_ms": float(np.percentile(gaps_ms, 99)),
+            "gap_max_ms": float(gaps_ms.max())}
 
 
 def decode_step_ms(engine: Engine, reps: int = 50) -> float:
@@ -160,6 +183,13 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--step-trace", help="directory: one JSON line per engine step (pipeline/engine/step_trace.py)")
     ap.add_argument("--arrival-rate", type=float, help="also run the images as Poisson arrivals at this rate "
                     "(images/s) and report the gaps between decode steps (p50/p99/max)")
+    ap.add_argument("--arrival-requests", type=int, help="requests in the arrivals run (the images reused in "
+                    "turn; default --images)")
+    ap.add_argument("--arrival-new-tokens", type=int, help="tokens per arriving request (default --new-tokens); "
+                    "a steady state of ~256 running needs rate x time in the engine ~= 256: e.g. 256 tokens at "
+                    "~15/s for Mllama-11B on an H200")
+    ap.add_argument("--steady-running", type=int, help="also report the gaps of decode steps with at least this "
+                    "many running sequences (default 90%% of the slots)")
     ap.add_argument("--json", type=Path, help="also write the results here")
     args = ap.parse_args(argv)
 
@@ -176,8 +206,9 @@ def main(argv: list[str] | None = None) -> None:
         media.append(codec.unpack({"media": [blob]}, 0))
     print(f"prompt tokens (incl. image tokens): {len(prompt_ids[0])}", flush=True)
 
-    cfg = EngineConfig(max_num_seqs=args.max_num_seqs, max_model_len=len(max(prompt_ids, key=len)) + args.new_tokens
-                       + 8, max_prefill_requests=args.max_prefill_requests,
+    longest = len(max(prompt_ids, key=len)) + max(args.new_tokens, args.arrival_new_tokens or 0)
+    cfg = EngineConfig(max_num_seqs=args.max_num_seqs, max_model_len=longest + 8,
+                       max_prefill_requests=args.max_prefill_requests,
                        max_prefill_tokens=args.max_prefill_tokens, cuda_graphs=not args.no_cuda_graphs,
                        max_decode_stall_ms=args.max_decode_stall_ms, step_trace=args.step_trace,
                        stage_vision_images=args.stage_vision_images)
@@ -209,7 +240,12 @@ def main(argv: list[str] | None = None) -> None:
             "slots": runner.num_slots, "graph_capture_s": t_capture, "tp": args.tp}
     print(f"ours: {ours}", flush=True)
     if args.arrival_rate:
-        ours["arrivals"] = arrivals_run(engine, requests, args.arrival_rate)
+        tokens = SamplingParams(max_new_tokens=args.arrival_new_tokens or args.new_tokens, ignore_eos=True)
+        n = len(requests)
+        arriving = [Request(f"a{i}", prompt_ids[i % n], media[i % n], tokens)
+                    for i in range(args.arrival_requests or n)]
+        ours["arrivals"] = arrivals_run(engine, arriving, args.arrival_rate,
+                                        steady_running=args.steady_running or int(0.9 * runner.num_slots))
         print(f"arrivals: {ours['arrivals']}", flush=True)
     if replica is not None:
         replica.shutdown()
