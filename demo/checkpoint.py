@@ -23,7 +23,7 @@ PART_BYTES = 15 * 2**20
 VIDEO_FRAMES = 8  # frames sampled per video: demo/world.py's clips have 4-8 (the pipeline's default is 32)
 
 
-def demo_config(real: dict, head_dim: int | None = 32, text_layers: int = 6) -> dict:
+def demo_config(real: dict, head_dim: int | None = 32, text_layers: int = 10) -> dict:
     # hidden 64 is what the 25 MB budget allows next to the 152k-row embedding (19.5 MB); depth, MLP width
     # and attention head width are nearly free in bytes, so they carry the capacity (head_dim 0/None: 64 / 4)
     # (a text layer is ~0.25 MB in bf16: up to 10 fit the 25 MB file)
@@ -96,8 +96,8 @@ def load_weights(model, src: Path) -> dict:
     record = src / "training.json"
     if record.exists():
         done = json.loads(record.read_text())
-        return {"steps": int(done["steps"]), "elapsed_s": float(done["train_seconds"]),
-                "init_from": done.get("init_from")}
+        lineage = {"init_from": done["init_from"]} if done.get("init_from") else {}
+        return {"steps": int(done["steps"]), "elapsed_s": float(done["train_seconds"]), **lineage}
     return {}
 
 

@@ -203,9 +203,9 @@ def main(argv: list[str] | None = None) -> None:
                     help="turns per easy-VQA image (it has ~10 questions on average)")
     ap.add_argument("--text-head-dim", type=int, default=32, help="the language model's attention head width "
                     "(0: hidden / heads = 16); transformers' Qwen2 reads `head_dim` from the config")
-    ap.add_argument("--text-layers", type=int, default=6, help="the language model's depth (~0.25 MB of the "
-                    "file per layer; the 25 MB bound allows up to 10; the shipped weights: 10, grown from 6 with "
-                    "--init-from)")
+    ap.add_argument("--text-layers", type=int, default=10, help="the language model's depth (~0.25 MB of the "
+                    "file per layer; the 25 MB bound allows up to 10). The shipped weights have 10, grown from a "
+                    "6-layer run with --init-from; 10 from scratch is untried")
     ap.add_argument("--turn-attention", choices=sorted(TURN_ATTENTION), default="split",
                     help="split: causal attention (flash) for all rows, the mask only for turn rows; masked: one "
                     "[S, S] mask for every query (the same result, ~20%% slower steps on an H200)")
