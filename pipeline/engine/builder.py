@@ -1,5 +1,9 @@
 """Build an `Engine` for a checkpoint directory: model, runner sized to memory, tokenizer, stop ids.
 
+On the CPU (the demo, CI), a replica's torch uses every CPU of its process (or `$VLMCAP_CPU_THREADS`): Ray
+starts an actor that reserves no CPU (the batch job's generate stage) with OMP_NUM_THREADS=1, which left the
+model on one core.
+
 KV slots: on the GPU, `(total * gpu_memory_utilization - used after loading - activation_reserve) /
 bytes per slot`; on the CPU, `cpu_kv_cache_gb / bytes per slot`; either capped by `max_num_seqs`. Which
 runner is used follows `config.json`'s `architectures[0]`.
@@ -9,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -102,4 +107,15 @@ def build_replica_engine(ckpt_dir: str | Path, config: EngineConfig, tp: int, ra
 
         return build_tp_engine(Path(ckpt_dir), tp, config, random_weights=random_weights,
                                on_rank_death=on_rank_death)
+    if not torch.cuda.is_available():
+        use_every_cpu()
     return build_engine(ckpt_dir, config, random_weights=random_weights), None
+
+
+def use_every_cpu() -> int:
+    """Let torch use this process's CPUs (`$VLMCAP_CPU_THREADS` overrides); returns the thread count."""
+    threads = int(os.environ.get("VLMCAP_CPU_THREADS") or len(os.sched_getaffinity(0)))
+    if threads != torch.get_num_threads():
+        log.info("torch on the CPU: %d threads (was %d)", threads, torch.get_num_threads())
+        torch.set_num_threads(threads)
+    return threads
