@@ -174,8 +174,12 @@ class GenerateStage:
 
     def _maybe_fail(self) -> None:
         """Fault injection for the reliability tests, once per job (marker file): on the k-th batch die
-        (`gpu_exit_on_batch`) or SIGKILL the last tensor-parallel rank (`tp_rank_kill_on_batch`)."""
+        (`gpu_exit_on_batch`) or SIGKILL the last tensor-parallel rank (`tp_rank_kill_on_batch`); and
+        `generate_delay_s`: every batch waits that long (a job that must still be running when a test
+        interrupts it)."""
         fi = self.config.fault_injection
+        if fi.get("generate_delay_s"):
+            time.sleep(float(fi["generate_delay_s"]))
         kind = next((k for k in ("gpu_exit_on_batch", "tp_rank_kill_on_batch") if k in fi), None)
         if kind is None:
             return

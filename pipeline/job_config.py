@@ -66,6 +66,7 @@ class JobConfig:
     # {"decode_exit_on_id": id} kills the decoding child process on that row, every time;
     # {"gpu_init_exit": true} kills every GPU actor while it is being constructed;
     # {"tp_rank_kill_on_batch": k, "marker": path} SIGKILLs a GPU actor's last tensor-parallel rank once.
+    # {"generate_delay_s": s} makes every GPU-stage batch wait s seconds first.
     fault_injection: dict = field(default_factory=dict)
 
     def __post_init__(self):

@@ -100,7 +100,10 @@ def test_interrupted_job_resumes_without_duplicates_and_config_change_is_refused
     out = tmp_path / "out"
     cfg = tmp_path / "job.yaml"
     cfg.write_text(f"model: {tiny_mllama_dir}\ninput: {data}\noutput: {out}\nmax_new_tokens: 16\n"
-                   "max_model_len: 512\nbatch_size: 4\nrows_per_file: 4\nprogress_interval_s: 1\n")
+                   "max_model_len: 512\nbatch_size: 4\nrows_per_file: 4\nprogress_interval_s: 1\n"
+                   # still running when the first part lands, however fast the machine (else the SIGINT could
+                   # arrive as the job ends, and it would exit 0)
+                   "fault_injection: {generate_delay_s: 0.1}\n")
     cmd = [sys.executable, str(CAPTION), "--config", str(cfg)]
     log = tmp_path / "first.stderr"  # a file, not a pipe: a full pipe would block the job
     first = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=log.open("w"), start_new_session=True)
