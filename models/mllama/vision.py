@@ -1,7 +1,7 @@
 """Mllama vision encoder: tiles of pixels -> per-tile features for the text model's cross-attention.
 
 Input: pixel_values [N, T, 3, H, W] float (N images, T = max_num_tiles, padding tiles are zeros),
-aspect_ratio_ids [N] (1-based, 0 = padding image), aspect_ratio_mask [N, T] (1 = real tile).
+aspect_ratio_ids [N] (1-based, 0 = padding image), aspect_ratio_mask [N, T] (1 = real tile; on any device).
 Output: [N, T, P, vision_output_dim] with P = (H/patch)^2 + 1 tokens per tile (class token first);
 vision_output_dim = hidden * (1 + len(intermediate_layers_indices)) is the final global-encoder state
 concatenated with the kept local-encoder states interleaved as (hidden, layer).
@@ -152,19 +152,23 @@ class PadGroup(NamedTuple):
 
 
 class PadLayout:
-    """Images of a batch grouped by tile count, with where their real and pad tokens are."""
+    """Images of a batch grouped by tile count, with where their real and pad tokens are. Built on the CPU and
+    moved to `device`: from a CPU `aspect_ratio_mask` (the engine's runner passes one) it never waits for the
+    GPU, where reading counts and `nonzero` of device tensors would sync the host with every vision call."""
 
-    def __init__(self, aspect_ratio_mask: torch.Tensor, real_tokens: int, padded_tokens: int):
+    def __init__(self, aspect_ratio_mask: torch.Tensor, real_tokens: int, padded_tokens: int,
+                 device: torch.device | None = None):
         tiles = aspect_ratio_mask.shape[1]
-        device = aspect_ratio_mask.device
-        counts = aspect_ratio_mask.sum(-1).tolist()
-        token = torch.arange(tiles * padded_tokens, device=device)
+        device = device or aspect_ratio_mask.device
+        counts = aspect_ratio_mask.cpu().sum(-1).tolist()
+        token = torch.arange(tiles * padded_tokens)
         self.groups: list[PadGroup] = []
         for n_tiles in sorted(set(counts)):
             is_pad = (token // padded_tokens >= n_tiles) | (token % padded_tokens >= real_tokens)
             pads = int(is_pad.sum())
-            images = torch.tensor([i for i, c in enumerate(counts) if c == n_tiles], device=device)
-            self.groups.append(PadGroup(images, (~is_pad).nonzero()[:, 0], is_pad.nonzero()[:, 0] if pads else None,
+            images = torch.tensor([i for i, c in enumerate(counts) if c == n_tiles])
+            self.groups.append(PadGroup(images.to(device), (~is_pad).nonzero()[:, 0].to(device),
+                                        is_pad.nonzero()[:, 0].to(device) if pads else None,
                                         4 * pads >= token.numel()))
 
 
@@ -198,7 +202,7 @@ class MllamaVisionModel(nn.Module):
         real = x.shape[2]
         padded = math.ceil(real / 8) * 8
         x = F.pad(x, (0, 0, 0, padded - real))  # [n, tiles, padded, d]
-        pads = PadLayout(aspect_ratio_mask, real, padded)
+        pads = PadLayout(aspect_ratio_mask, real, padded, x.device)
 
         x, kept = self.transformer(x.reshape(n, tiles * padded, d), pads, self.cfg.intermediate_layers_indices)
         x = self.layernorm_post(x).view(n, tiles, padded, d)

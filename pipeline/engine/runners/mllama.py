@@ -87,7 +87,7 @@ class MllamaRunner:
         states = self.model.encode_images(
             torch.cat([self._pixels(m) for m in images]),
             torch.cat([m.aspect_ratio_ids for m in images]).to(self.device),
-            torch.cat([m.aspect_ratio_mask for m in images]).to(self.device),
+            torch.cat([m.aspect_ratio_mask for m in images]),  # stays on the CPU: read there, no GPU sync
         )  # [images, T*P, hidden]
         out, i = [], 0
         for m in media:
