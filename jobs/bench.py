@@ -186,8 +186,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--arrival-requests", type=int, help="requests in the arrivals run (the images reused in "
                     "turn; default --images)")
     ap.add_argument("--arrival-new-tokens", type=int, help="tokens per arriving request (default --new-tokens); "
-                    "a steady state of ~256 running needs rate x time in the engine ~= 256: e.g. 256 tokens at "
-                    "~15/s for Mllama-11B on an H200")
+                    "a steady state of ~256 running needs rate x time in the engine ~= 256 (Little's law; an "
+                    "estimate for Mllama-11B on an H200: 256 tokens at ~15/s)")
     ap.add_argument("--steady-running", type=int, help="also report the gaps of decode steps with at least this "
                     "many running sequences (default 90%% of the slots)")
     ap.add_argument("--json", type=Path, help="also write the results here")

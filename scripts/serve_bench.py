@@ -27,7 +27,7 @@ Contract:
   with the flag), both compared with the same offline run: an A/B in one device call, e.g. `--levels 64
   --requests-per-level 192 --ab-serve-arg=--engine-process` (~2 minutes per variant on an H200).
   `--variant "FLAGS"` (repeatable) adds one more server phase per use, each with its own flags (JSON `b`, `c`,
-  ...): e.g. `--variant "--max-decode-stall-ms 400" --variant --engine-process` (~90 s each at one level).
+  ...): e.g. `--variant "--max-decode-stall-ms 400" --variant=--engine-process` (~90 s each at one level).
 - `--step-trace DIR`: every engine (each serve variant's replica, the offline run) writes one line per step
   (pipeline/engine/step_trace.py) and the end prints each one's summary: what an admission of n requests and
   a decode step of each width cost in that place, the decode gaps, the wall clock's prefill/decode/idle split.
@@ -154,7 +154,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    "with this extra jobs/serve.py flag (repeatable), e.g. --ab-serve-arg=--engine-process: an A/B "
                    "in one call, both against the same offline run")
     p.add_argument("--variant", action="append", default=[], help="one more serve phase with these jobs/serve.py "
-                   "flags (one string, split as a shell would; repeatable: variants b, c, ...)")
+                   "flags (one string, split as a shell would; repeatable: variants b, c, ...; a lone flag: "
+                   "--variant=--flag)")
     p.add_argument("--no-ray", action="store_true", help="serve with uvicorn in one process (no Ray Serve)")
     p.add_argument("--skip-offline", action="store_true")
     p.add_argument("--step-trace", help="directory: the engine's per-step lines of each serve variant (serve_a, "
