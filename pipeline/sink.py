@@ -46,6 +46,7 @@ class OutputSink:
         self.local = self.fs.protocol in ("file", ("file", "local")) or "file" in self.fs.protocol
         self.fs.makedirs(self.root, exist_ok=True)
         self.written = 0
+        self._identities: dict[tuple[str, bool], str | None] = {}  # weights_identity per model, read once
 
     def _path(self, name: str) -> str:
         return posixpath.join(self.root, name)
@@ -104,14 +105,20 @@ class OutputSink:
             self._remove_parts()
         with self.fs.open(self._path(JOB_FILE), "w") as f:
             json.dump({"fingerprint": config.fingerprint(), "config": _jsonable(config),
-                       "weights": weights_identity(config.model, config.random_weights)}, f, indent=2)
+                       "weights": self.weights_of(config)}, f, indent=2)
 
-    @staticmethod
-    def weights_changed(config: JobConfig, stored: dict | None) -> bool:
+    def weights_of(self, config: JobConfig) -> str | None:
+        """`config.model`'s weights identity (pipeline/weights_id.py), read once per sink."""
+        key = (config.model, config.random_weights)
+        if key not in self._identities:
+            self._identities[key] = weights_identity(*key)
+        return self._identities[key]
+
+    def weights_changed(self, config: JobConfig, stored: dict | None) -> bool:
         """The stored job recorded its weights and `config.model` now holds others (records of older versions,
         remote models and random weights have no identity: nothing to compare)."""
         before = (stored or {}).get("weights")
-        return before is not None and weights_identity(config.model, config.random_weights) not in (None, before)
+        return before is not None and self.weights_of(config) not in (None, before)
 
     def stored_job(self) -> dict | None:
         """The `_vlmcap_job.json` of the job that wrote here, or None."""

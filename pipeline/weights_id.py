@@ -16,26 +16,28 @@ import hashlib
 import struct
 from pathlib import Path
 
+from pipeline.model_cache import is_remote
+
 SAMPLES = 16
 SAMPLE_BYTES = 64 << 10
 
 
 def weights_identity(model: str, random_weights: bool = False) -> str | None:
     """The identity of `model`'s safetensors (None where there is nothing local to read)."""
-    if random_weights or ("://" in model and not model.startswith("file://")):
+    if random_weights or is_remote(model):
         return None  # random: the fingerprint says so; remote: the driver has no copy to read
     files = sorted(Path(model.removeprefix("file://")).glob("*.safetensors"))
     if not files:
         return None
     digest = hashlib.sha256()
     for f in files:
-        digest.update(f"{f.name}\0{f.stat().st_size}\0".encode())
+        size = f.stat().st_size
+        digest.update(f"{f.name}\0{size}\0".encode())
         with open(f, "rb") as fh:
             head = fh.read(8)
             digest.update(head)
             if len(head) == 8:
                 digest.update(fh.read(min(struct.unpack("<Q", head)[0], 100 << 20)))  # the JSON header
-            size = f.stat().st_size
             for i in range(SAMPLES):
                 fh.seek(max(0, (size - SAMPLE_BYTES) * i // max(1, SAMPLES - 1)))
                 digest.update(fh.read(SAMPLE_BYTES))
