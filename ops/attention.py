@@ -3,7 +3,8 @@
 Layouts: q [B, Hq, S, D], k/v [B, Hkv, T, D] with Hq a multiple of Hkv (grouped-query attention).
 `attention` is SDPA with an optional additive or boolean mask; masks are additive float masks with
 `finfo.min` (never -inf) so that a fully masked row gives a uniform average instead of NaN, which is what
-the reference does for left-padding rows and for Mllama text rows that precede every image.
+the reference does for left-padding rows and for Mllama text rows that precede every image. One query per row
+(decode) on a GPU goes to ops.decode_attention's split-key kernels (K/V read once per query group).
 
 `DenseKVCache` + `PaddedCausalAttention` implement the simplest correct batching: rows are left-padded to
 one length, every row writes its new K/V at the same cache index, and a [B, 1, S, T] mask hides padding
@@ -18,6 +19,8 @@ from typing import Protocol
 import torch
 import torch.nn.functional as F
 
+from ops import decode_attention
+
 
 def attention(
     q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor | None = None,
@@ -25,6 +28,9 @@ def attention(
 ) -> torch.Tensor:
     b, hq, s, d = q.shape
     hkv = k.shape[1]
+    if (s == 1 and not causal and (mask is None or (mask.is_floating_point() and mask.shape[1:3] == (1, 1)))
+            and decode_attention.available(q)):
+        return decode_attention.decode_attention(q, k, v, scale, mask=mask)
     if hkv != hq:
         groups = hq // hkv
         if s == 1 and not causal and (mask is None or mask.shape[-2] == 1):

@@ -8,7 +8,8 @@ slot, token t of that sequence lives at index t. Two backends implement ops.atte
   slot; padding garbage past a prompt's end is overwritten by decode before anything attends to it.
 - `SlotDecode`: one new token for each of the first B slots (row b = slot b), at cache index
   `positions[b]`. Written with index_put, attended with a key mask `idx <= positions[b]`. Every shape is
-  fixed by B, so the whole step can be captured in a CUDA graph and replayed with new positions.
+  fixed by B, so the whole step can be captured in a CUDA graph and replayed with new positions. On a GPU
+  the split-key kernel (ops/decode_attention.py) reads only keys [0, position] of each slot, not max_len.
   (ops.attention folds grouped-query heads into the query axis, so the cache is never repeated per head.)
 """
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import torch
 
+from ops import decode_attention
 from ops.attention import attention
 
 
@@ -50,10 +52,13 @@ class SlotDecode:
         self.rows = torch.arange(b, device=positions.device)
         idx = torch.arange(cache.max_len, device=positions.device)
         self.mask = (idx[None, :] <= positions[:, None])[:, None, None, :]  # [B, 1, 1, max_len]
+        self.lengths = positions + 1  # the split-key kernel reads only these keys of each slot
 
     def __call__(self, layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         b = q.shape[0]
         kc, vc = self.cache.k[layer_idx][:b], self.cache.v[layer_idx][:b]
         kc[self.rows, :, self.positions] = k[:, :, 0]
         vc[self.rows, :, self.positions] = v[:, :, 0]
+        if decode_attention.available(q):
+            return decode_attention.decode_attention(q, kc, vc, self.scale, lengths=self.lengths)
         return attention(q, kc, vc, self.mask, self.scale)

@@ -1,0 +1,162 @@
+"""Decode attention on the GPU: one query per row over a long K/V, split over the keys (flash-decoding).
+
+    out = decode_attention(q, k, v, scale, lengths=positions + 1)    # self-attention over a slot cache
+    out = decode_attention(q, k, v, scale, mask=cross_mask)          # cross-attention over image K/V
+
+q [B, Hq, 1, D], k/v [>=B, Hkv, T, D] (row b of q reads row b of k/v; last dim contiguous), Hq a multiple of
+Hkv; returns [B, Hq, 1, D] in q's dtype. `lengths` [B] (a device tensor, so a CUDA graph replays it with new
+values): row b attends to keys [0, lengths[b]) only, and the keys past it are never read. `mask` [B, 1, 1, T]
+(additive, `finfo.min` for hidden keys, as ops.attention's callers build it): every key is read.
+
+Why: PyTorch's SDPA has no length argument, so a slot cache's decode step read every slot's whole
+`max_len` of self-attention K/V (201 MB per sequence per step for Mllama-11B at max_len 1,537, where a
+caption needs ~100 positions), and with an additive mask it runs the memory-efficient kernel, one program
+per (row, head) walking all T keys: ~2 TB/s on an H200 for the 210 MB of image K/V a Mllama sequence reads
+per step. Here each (row, kv head, chunk of CHUNK keys) is one program that serves all query heads of the
+group (K/V are read once per group); chunks past a row's length return at once; a second kernel merges the
+chunks' partial results by their softmax maxima and sums.
+
+Numerics follow SDPA's: scores and softmax in fp32, probabilities cast to the value dtype for the second
+product, additive masks added in fp32 (a row with every key at `finfo.min` averages all keys uniformly, as
+the reference does for Mllama text rows before the first image).
+
+`available(q)` says whether this path applies (CUDA, Triton importable, fp16/bf16, D a power of two <= 256);
+ops.attention and ops.slot_attention fall back to SDPA otherwise. `VLMCAP_DECODE_ATTENTION=sdpa` turns it off
+(for A/B runs). Under `TRITON_INTERPRET=1` the kernels also run on CPU tensors (the CPU tests do that).
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+
+import torch
+
+CHUNK = 256  # keys per program: Mllama's 6,404 image tokens -> 26 programs per (row, kv head)
+BLOCK_N = 64  # keys per inner step
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
+@functools.cache
+def _kernels():
+    """Compile-on-first-use Triton kernels, or None where Triton is missing."""
+    try:
+        import triton
+        import triton.language as tl
+    except ImportError:
+        return None
+
+    @triton.jit
+    def partial_kernel(Q, K, V, Mask, Lens, Out, Max, Sum,
+                       sqb, sqh, skb, skh, skt, svb, svh, svt, smb, sob, soh, sos, slb, slh,
+                       T, scale,
+                       GROUPS: tl.constexpr, BLOCK_G: tl.constexpr, D: tl.constexpr, CHUNK: tl.constexpr,
+                       BLOCK_N: tl.constexpr, HAS_MASK: tl.constexpr, HAS_LENS: tl.constexpr):
+        b, h, s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
+        end = T
+        if HAS_LENS:
+            end = tl.minimum(tl.load(Lens + b).to(tl.int32), T)
+        start = s * CHUNK
+        end = tl.minimum(end, start + CHUNK)
+        g = tl.arange(0, BLOCK_G)
+        d = tl.arange(0, D)
+        heads = h * GROUPS + g
+        q = tl.load(Q + b * sqb + heads[:, None] * sqh + d[None, :], mask=(g < GROUPS)[:, None], other=0.0)
+        m_i = tl.full([BLOCK_G], float("-inf"), tl.float32)
+        l_i = tl.zeros([BLOCK_G], tl.float32)
+        acc = tl.zeros([BLOCK_G, D], tl.float32)
+        for n0 in range(start, end, BLOCK_N):
+            n = n0 + tl.arange(0, BLOCK_N)
+            valid = n < end
+            k = tl.load(K + b * skb + h * skh + n[:, None] * skt + d[None, :], mask=valid[:, None], other=0.0)
+            sc = tl.dot(q, tl.trans(k)) * scale  # [BLOCK_G, BLOCK_N] fp32
+            if HAS_MASK:
+                sc += tl.load(Mask + b * smb + n, mask=valid, other=0.0).to(tl.float32)[None, :]
+            sc = tl.where(valid[None, :], sc, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(sc, 1))  # finite: every step has a valid key
+            alpha = tl.exp(m_i - m_new)
+            p = tl.exp(sc - m_new[:, None])
+            l_i = l_i * alpha + tl.sum(p, 1)
+            v = tl.load(V + b * svb + h * svh + n[:, None] * svt + d[None, :], mask=valid[:, None], other=0.0)
+            acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
+            m_i = m_new
+        # The chunk's max and sum, not their log-sum-exp: under a `finfo.min` mask m_i is ~-3.4e38, where
+        # adding log(l_i) is lost to rounding and chunks of different sizes would weigh the same.
+        out = acc / tl.where(l_i > 0, l_i, 1.0)[:, None]  # an empty chunk (past the row's length): l_i = 0
+        keep = g < GROUPS
+        tl.store(Out + b * sob + heads[:, None] * soh + s * sos + d[None, :], out, mask=keep[:, None])
+        tl.store(Max + b * slb + heads * slh + s, m_i, mask=keep)
+        tl.store(Sum + b * slb + heads * slh + s, l_i, mask=keep)
+
+    @triton.jit
+    def merge_kernel(Out, Max, Sum, Res, S, sob, soh, sos, slb, slh, srb, srh,
+                     D: tl.constexpr, BLOCK_S: tl.constexpr):
+        b, h = tl.program_id(0), tl.program_id(1)
+        s = tl.arange(0, BLOCK_S)
+        d = tl.arange(0, D)
+        m = tl.load(Max + b * slb + h * slh + s, mask=s < S, other=float("-inf"))
+        top = tl.max(m, 0)
+        top = tl.where(top == float("-inf"), 0.0, top)  # no key at all (a length of 0): zeros
+        w = tl.load(Sum + b * slb + h * slh + s, mask=s < S, other=0.0) * tl.exp(m - top)
+        total = tl.sum(w, 0)
+        w = w / tl.where(total > 0, total, 1.0)
+        part = tl.load(Out + b * sob + h * soh + s[:, None] * sos + d[None, :], mask=(s < S)[:, None], other=0.0)
+        res = tl.sum(part * w[:, None], 0)
+        tl.store(Res + b * srb + h * srh + d, res.to(Res.dtype.element_ty))
+
+    return partial_kernel, merge_kernel, triton.next_power_of_2
+
+
+def available(q: torch.Tensor) -> bool:
+    d = q.shape[-1]
+    return (os.environ.get("VLMCAP_DECODE_ATTENTION", "triton") != "sdpa"
+            and (q.is_cuda or _interpreting())
+            # fp32 stays with SDPA on the GPU: tl.dot would round it to tf32
+            and (q.dtype in (torch.float16, torch.bfloat16) or (q.dtype == torch.float32 and _interpreting()))
+            and d >= 16 and d <= 256 and d & (d - 1) == 0
+            and _kernels() is not None)
+
+
+def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None,
+                     lengths: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+    partial_kernel, merge_kernel, next_pow2 = _kernels()
+    b, hq, s, d = q.shape
+    hkv, t = k.shape[1], k.shape[2]
+    if s != 1 or hq % hkv or k.stride(-1) != 1 or v.stride(-1) != 1:
+        raise ValueError(f"decode_attention: q {tuple(q.shape)}, k {tuple(k.shape)}: one query per row, "
+                         "Hq a multiple of Hkv, contiguous head dim")
+    groups = hq // hkv
+    chunks = triton_cdiv(t, CHUNK)
+    q = q.reshape(b, hq, d)
+    if q.stride(-1) != 1:
+        q = q.contiguous()
+    out = torch.empty(b, hq, chunks, d, dtype=torch.float32, device=q.device)
+    top = torch.empty(b, hq, chunks, dtype=torch.float32, device=q.device)
+    total = torch.empty_like(top)
+    mask_row_stride = 0
+    if mask is not None:
+        if mask.dim() != 4 or mask.shape[1] != 1 or mask.shape[2] != 1 or mask.shape[0] not in (1, b):
+            raise ValueError(f"decode_attention: mask {tuple(mask.shape)} is not [B or 1, 1, 1, T]")
+        mask = mask.reshape(mask.shape[0], mask.shape[-1])  # [B or 1, T]
+        if mask.stride(-1) != 1:
+            mask = mask.contiguous()
+        mask_row_stride = mask.stride(0) if mask.shape[0] == b and b > 1 else 0  # one row for all: stride 0
+    dummy = out  # any tensor: the kernel never reads an absent mask / length
+    partial_kernel[(b, hkv, chunks)](
+        q, k, v, dummy if mask is None else mask, dummy if lengths is None else lengths, out, top, total,
+        q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
+        mask_row_stride, out.stride(0), out.stride(1), out.stride(2), top.stride(0),
+        top.stride(1), t, d ** -0.5 if scale is None else scale,
+        GROUPS=groups, BLOCK_G=max(16, next_pow2(groups)), D=d, CHUNK=CHUNK, BLOCK_N=BLOCK_N,
+        HAS_MASK=mask is not None, HAS_LENS=lengths is not None)
+    res = torch.empty(b, hq, d, dtype=q.dtype, device=q.device)
+    merge_kernel[(b, hq)](out, top, total, res, chunks, out.stride(0), out.stride(1), out.stride(2), top.stride(0),
+                          top.stride(1), res.stride(0), res.stride(1), D=d, BLOCK_S=max(16, next_pow2(chunks)))
+    return res.view(b, hq, 1, d)
+
+
+def triton_cdiv(a: int, b: int) -> int:
+    return -(-a // b)

@@ -1,0 +1,82 @@
+"""ops/decode_attention.py's Triton kernels against SDPA, run on the CPU by Triton's interpreter.
+
+The kernels compile only on a GPU; `TRITON_INTERPRET=1` runs the same kernel code with numpy, so the
+indexing, the per-row lengths, the chunk merge and the masked rows are checked here (fp32, small shapes);
+tests/gpu/test_decode_attention.py checks bf16 speed-relevant shapes and CUDA-graph replay on a GPU. The
+interpreter is chosen when Triton is imported, hence the subprocess.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("triton")
+
+ROOT = Path(__file__).resolve().parents[2]
+
+CHECK = r"""
+import torch
+import torch.nn.functional as F
+from ops import decode_attention as da
+from ops.attention import attention
+from ops.slot_attention import SlotDecode, SlotKVCache
+
+torch.manual_seed(0)
+assert da.available(torch.zeros(1, 4, 1, 32))
+
+def ref(q, k, v, mask=None):
+    g = q.shape[1] // k.shape[1]
+    return F.scaled_dot_product_attention(q, k.repeat_interleave(g, 1), v.repeat_interleave(g, 1), attn_mask=mask)
+
+worst = {}
+# grouped heads 1, 4 and 7 (OneVision-7B's 28/4), keys over several chunks, lengths ending mid-chunk
+for hq, hkv in ((2, 2), (8, 2), (7, 1)):
+    q = torch.randn(3, hq, 1, 32)
+    k, v = torch.randn(4, hkv, 600, 32), torch.randn(4, hkv, 600, 32)  # one spare row: k/v may be longer than q
+    lens = torch.tensor([1, 257, 600])
+    out = da.decode_attention(q, k, v, lengths=lens)
+    for i, n in enumerate(lens.tolist()):
+        expect = ref(q[i:i + 1], k[i:i + 1, :, :n], v[i:i + 1, :, :n])[0]
+        worst[f"len {hq}/{hkv} row {i}"] = (out[i] - expect).abs().max()
+    # additive mask: a partly hidden row, a row with every key at finfo.min (uniform average), a free row
+    m = torch.zeros(3, 1, 1, 600)
+    m[0, ..., 300:] = torch.finfo(torch.float32).min
+    m[1] = torch.finfo(torch.float32).min
+    worst[f"mask {hq}/{hkv}"] = (da.decode_attention(q, k, v, scale=0.3, mask=m)
+                                 - F.scaled_dot_product_attention(q, k[:3].repeat_interleave(hq // hkv, 1),
+                                     v[:3].repeat_interleave(hq // hkv, 1), attn_mask=m, scale=0.3)).abs().max()
+    # one mask row for every batch row goes through ops.attention's dispatch
+    worst[f"broadcast {hq}/{hkv}"] = (attention(q, k[:3], v[:3], m[:1]) - ref(q, k[:3], v[:3], m[:1])).abs().max()
+
+# the slot cache's decode step: the kernel with lengths == the SDPA path with its boolean mask
+cache = SlotKVCache(1, 4, 2, 300, 32, torch.float32, "cpu")
+cache.k[0].normal_(); cache.v[0].normal_()
+positions = torch.tensor([0, 5, 299])
+q, k, v = torch.randn(3, 8, 1, 32), torch.randn(3, 2, 1, 32), torch.randn(3, 2, 1, 32)
+step = SlotDecode(cache, positions, 0.25)
+out = step(0, q, k, v)
+worst["slot decode"] = (out - attention(q, cache.k[0][:3], cache.v[0][:3], step.mask, 0.25)).abs().max()
+bad = {name: float(err) for name, err in worst.items() if not err < 2e-6}
+assert not bad, bad
+print("ok", len(worst))
+"""
+
+
+def test_kernels_match_sdpa_under_the_interpreter():
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
+    env.pop("VLMCAP_DECODE_ATTENTION", None)
+    run = subprocess.run([sys.executable, "-c", CHECK], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert run.stdout.strip() == "ok 16"
+
+
+def test_not_used_on_cpu_without_the_interpreter(monkeypatch):
+    import torch
+
+    from ops import decode_attention
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert not decode_attention.available(torch.zeros(1, 4, 1, 32))
