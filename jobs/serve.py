@@ -54,14 +54,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--no-cuda-graphs", action="store_true", help="eager decode (debugging)")
     p.add_argument("--max-decode-stall-ms", type=float, default=150.0, help="while streams decode, admit only as "
                    "many new requests per step as fit this prefill time (0: full batches, best throughput)")
-    p.add_argument("--stage-vision-images", type=int, default=0, help="while streams decode, encode waiting "
-                   "requests' images this many per step, then admit them together (Mllama, one GPU per replica; "
-                   "pipeline/engine/staging.py); 0: off")
+    p.add_argument("--stage-vision-images", type=int, help="while streams decode, encode waiting requests' images "
+                   "this many per step, then admit them together (Mllama, one GPU per replica; "
+                   "pipeline/engine/staging.py); 0: off (default: 2 for Mllama on one GPU, else off)")
     p.add_argument("--engine-report-s", type=float, default=600.0, help="seconds between the replica's [engine] "
                    "lines (steps, admissions, token gaps)")
-    p.add_argument("--engine-process", action=argparse.BooleanOptionalAction, default=False,
+    p.add_argument("--engine-process", action=argparse.BooleanOptionalAction,
                    help="run each replica's engine in a process of its own, so its steps do not share the GIL with "
-                   "the HTTP side (pipeline/serve/engine_process.py; default: a thread of the replica)")
+                   "the HTTP side (pipeline/serve/engine_process.py; default: on where the replica has a GPU, "
+                   "a thread of the replica on a CPU)")
     p.add_argument("--step-trace", help="directory: each replica's engine writes one JSON line per step there "
                    "(pipeline/engine/step_trace.py; for benchmarks)")
     p.add_argument("--random-weights", action="store_true", help="benchmarks: random weights at the real shapes")

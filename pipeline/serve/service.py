@@ -74,15 +74,31 @@ class ServeConfig:
     media: MediaLimits = field(default_factory=MediaLimits)
     engine_report_s: float = 600.0
     # The engine in a process of its own (pipeline/serve/engine_process.py): its steps do not share the
-    # replica's GIL with the event loop and Serve's threads. Off: on an H200 it measured no clear gain
-    # (BENCHMARKS.md, session 11).
-    engine_process: bool = False
+    # replica's GIL with the event loop and Serve's threads. None: on where the replica has a GPU (an H200 at
+    # concurrency 64: decode steps 19.8 ms against 22.7 in the replica's thread, one-request admissions 80
+    # against 109 ms; BENCHMARKS.md, session 13), a thread on a CPU (no gain measured there, session 10).
+    engine_process: bool | None = None
     step_trace: str | None = None  # a directory for the engine's per-step lines (pipeline/engine/step_trace.py)
-    stage_vision_images: int = 0  # see EngineConfig (pipeline/engine/staging.py)
+    # See EngineConfig (pipeline/engine/staging.py). None: 2 for Mllama on one GPU (with the engine process
+    # 0.79 of the offline engine's tokens/s at concurrency 64 on an H200, against 0.48 unstaged in a thread),
+    # 0 where staging does not apply (OneVision, tensor parallelism) or on a CPU.
+    stage_vision_images: int | None = None
 
     @property
     def model_name(self) -> str:
         return self.served_model_name or Path(str(self.model).rstrip("/")).name
+
+
+def engine_placement(config: ServeConfig, arch: str, gpu: bool) -> tuple[bool, int]:
+    """(run the engine in a process of its own, images staged per step): the config's values, or where it
+    leaves them to the replica (None), what measured best there (see ServeConfig)."""
+    from pipeline.engine.staging import can_stage
+
+    in_process = gpu if config.engine_process is None else config.engine_process
+    staged = config.stage_vision_images
+    if staged is None:
+        staged = 2 if gpu and config.max_decode_stall_ms and can_stage(arch, config.tp) else 0
+    return in_process, staged
 
 
 @dataclass
@@ -126,15 +142,18 @@ class ChatService:
     def _build_engine(self, model_dir: str) -> AsyncEngine:
         import torch
 
+        from models.registry import architecture
         from pipeline.engine.config import EngineConfig
 
         c = self.config
+        gpu = torch.cuda.is_available()
+        in_process, staged = engine_placement(c, architecture(Path(model_dir)), gpu)
         cfg = EngineConfig(max_num_seqs=c.max_num_seqs, max_model_len=self.job.max_model_len, cuda_graphs=c.cuda_graphs,
-                           dtype=c.dtype if torch.cuda.is_available() else "float32",
+                           dtype=c.dtype if gpu else "float32",
                            max_images_per_request=self.codec.max_images_per_request,
                            max_prefill_requests=c.max_prefill_requests, max_decode_stall_ms=c.max_decode_stall_ms,
-                           step_trace=c.step_trace, stage_vision_images=c.stage_vision_images)
-        if c.engine_process:
+                           step_trace=c.step_trace, stage_vision_images=staged)
+        if in_process:
             from pipeline.serve.engine_process import ProcessDriver
 
             return AsyncEngine(ProcessDriver("pipeline.serve.engine_process:build_serve_engine",

@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from jobs import serve as serve_job
+from pipeline.serve.service import ServeConfig, engine_placement
 from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -23,7 +24,8 @@ def test_serve_run_options_become_flags(tiny_ov_dir):
     assert (config.tp, config.media.allow_http, config.cuda_graphs, config.max_model_len, config.api_key,
             config.step_trace) == (2, True, True, 4096, "k", "/t")
     assert config.engine_process
-    assert not serve_job.config_from_args(serve_job.parser().parse_args(["--model", "/m"])).engine_process
+    default = serve_job.config_from_args(serve_job.parser().parse_args(["--model", "/m"]))
+    assert (default.engine_process, default.stage_vision_images) == (None, None)  # the replica decides
     assert serve_job._argv_from_dict({"engine_process": "false"}) == ["--no-engine-process"]
     with pytest.raises(ValueError, match="unknown option 'modle'"):
         serve_job._argv_from_dict({"modle": "/m"})
@@ -67,3 +69,16 @@ def test_ray_serve_deployment_answers_like_the_in_process_app(tiny_ov_dir, http,
     finally:
         serve.shutdown()
         ray.shutdown()
+
+
+def test_engine_placement_defaults_follow_the_hardware():
+    mllama, ov = "MllamaForConditionalGeneration", "LlavaOnevisionForConditionalGeneration"
+    default = ServeConfig(model="/m")
+    assert engine_placement(default, mllama, gpu=True) == (True, 2)  # process + staged vision on a GPU
+    assert engine_placement(default, mllama, gpu=False) == (False, 0)  # a thread, unstaged, on a CPU
+    assert engine_placement(default, ov, gpu=True) == (True, 0)  # OneVision has no staging
+    assert engine_placement(ServeConfig(model="/m", tp=2), mllama, gpu=True) == (True, 0)
+    assert engine_placement(ServeConfig(model="/m", max_decode_stall_ms=None), mllama, gpu=True) == (True, 0)
+    explicit = ServeConfig(model="/m", engine_process=False, stage_vision_images=1)
+    assert engine_placement(explicit, mllama, gpu=True) == (False, 1)
+    assert engine_placement(ServeConfig(model="/m", stage_vision_images=0), mllama, gpu=True) == (True, 0)
