@@ -76,7 +76,8 @@ def _kernels():
             if HAS_MASK:
                 sc += tl.load(Mask + b * smb + n, mask=valid, other=0.0).to(tl.float32)[None, :]
             sc = tl.where(valid[None, :], sc, float("-inf"))
-            m_new = tl.maximum(m_i, tl.max(sc, 1))  # finite: every step has a valid key
+            m_new = tl.maximum(m_i, tl.max(sc, 1))
+            m_new = tl.where(m_new == float("-inf"), 0.0, m_new)  # keys all at -inf (not finfo.min): weight 0
             alpha = tl.exp(m_i - m_new)
             p = tl.exp(sc - m_new[:, None])
             l_i = l_i * alpha + tl.sum(p, 1)

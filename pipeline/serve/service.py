@@ -79,9 +79,9 @@ class ServeConfig:
     # against 109 ms; BENCHMARKS.md, session 13), a thread on a CPU (no gain measured there, session 10).
     engine_process: bool | None = None
     step_trace: str | None = None  # a directory for the engine's per-step lines (pipeline/engine/step_trace.py)
-    # See EngineConfig (pipeline/engine/staging.py). None: 2 for Mllama on one GPU (with the engine process
-    # 0.79 of the offline engine's tokens/s at concurrency 64 on an H200, against 0.48 unstaged in a thread),
-    # 0 where staging does not apply (OneVision, tensor parallelism) or on a CPU.
+    # See EngineConfig (pipeline/engine/staging.py). None: 4 for Mllama on one GPU (with the engine process
+    # 0.82 of the offline engine's tokens/s at concurrency 64 on an H200; 2 per step: 0.79; unstaged in a
+    # thread: 0.60), 0 where staging does not apply (OneVision, tensor parallelism) or on a CPU.
     stage_vision_images: int | None = None
 
     @property
@@ -97,7 +97,7 @@ def engine_placement(config: ServeConfig, arch: str, gpu: bool) -> tuple[bool, i
     in_process = gpu if config.engine_process is None else config.engine_process
     staged = config.stage_vision_images
     if staged is None:
-        staged = 2 if gpu and config.max_decode_stall_ms and can_stage(arch, config.tp) else 0
+        staged = 4 if gpu and config.max_decode_stall_ms and can_stage(arch, config.tp) else 0
     return in_process, staged
 
 

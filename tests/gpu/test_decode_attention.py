@@ -24,8 +24,9 @@ def test_bf16_error_matches_sdpa(hq, hkv):
     q = torch.randn(b, hq, 1, d, device="cuda")
     k, v = torch.randn(b, hkv, t, d, device="cuda"), torch.randn(b, hkv, t, d, device="cuda")
     mask = torch.zeros(b, 1, 1, t, device="cuda")
-    mask[: b // 2, ..., 1601:] = torch.finfo(torch.float32).min  # one real tile of four
-    mask[-1] = torch.finfo(torch.float32).min  # a row before any image: uniform over all keys
+    low = torch.finfo(torch.bfloat16).min  # as the models build masks (fp32's min is -inf in bf16)
+    mask[: b // 2, ..., 1601:] = low  # one real tile of four
+    mask[-1] = low  # a row before any image: uniform over all keys
     truth = sdpa(q, k, v, mask)
     bf = [x.bfloat16() for x in (q, k, v, mask)]
     ours = (da.decode_attention(*bf[:3], mask=bf[3]).float() - truth).abs().max().item()

@@ -74,7 +74,7 @@ def test_ray_serve_deployment_answers_like_the_in_process_app(tiny_ov_dir, http,
 def test_engine_placement_defaults_follow_the_hardware():
     mllama, ov = "MllamaForConditionalGeneration", "LlavaOnevisionForConditionalGeneration"
     default = ServeConfig(model="/m")
-    assert engine_placement(default, mllama, gpu=True) == (True, 2)  # process + staged vision on a GPU
+    assert engine_placement(default, mllama, gpu=True) == (True, 4)  # process + staged vision on a GPU
     assert engine_placement(default, mllama, gpu=False) == (False, 0)  # a thread, unstaged, on a CPU
     assert engine_placement(default, ov, gpu=True) == (True, 0)  # OneVision has no staging
     assert engine_placement(ServeConfig(model="/m", tp=2), mllama, gpu=True) == (True, 0)
