@@ -61,8 +61,8 @@ def parser() -> argparse.ArgumentParser:
                    "lines (steps, admissions, token gaps)")
     p.add_argument("--engine-process", action=argparse.BooleanOptionalAction,
                    help="run each replica's engine in a process of its own, so its steps do not share the GIL with "
-                   "the HTTP side (pipeline/serve/engine_process.py; default: on where the replica has a GPU, "
-                   "a thread of the replica on a CPU)")
+                   "the HTTP side (pipeline/serve/engine_process.py; default: on where a replica has one GPU (--tp 1), "
+                   "else a thread of the replica)")
     p.add_argument("--step-trace", help="directory: each replica's engine writes one JSON line per step there "
                    "(pipeline/engine/step_trace.py; for benchmarks)")
     p.add_argument("--random-weights", action="store_true", help="benchmarks: random weights at the real shapes")

@@ -29,7 +29,7 @@ def attention(
     b, hq, s, d = q.shape
     hkv = k.shape[1]
     if (s == 1 and not causal and (mask is None or (mask.is_floating_point() and mask.shape[1:3] == (1, 1)))
-            and decode_attention.available(q)):
+            and k.stride(-1) == 1 and v.stride(-1) == 1 and decode_attention.available(q)):
         return decode_attention.decode_attention(q, k, v, scale, mask=mask)
     if hkv != hq:
         groups = hq // hkv

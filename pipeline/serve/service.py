@@ -74,7 +74,7 @@ class ServeConfig:
     media: MediaLimits = field(default_factory=MediaLimits)
     engine_report_s: float = 600.0
     # The engine in a process of its own (pipeline/serve/engine_process.py): its steps do not share the
-    # replica's GIL with the event loop and Serve's threads. None: on where the replica has a GPU (an H200 at
+    # replica's GIL with the event loop and Serve's threads. None: on where the replica has one GPU (an H200 at
     # concurrency 64: decode steps 19.8 ms against 22.7 in the replica's thread, one-request admissions 80
     # against 109 ms; BENCHMARKS.md, session 13), a thread on a CPU (no gain measured there, session 10).
     engine_process: bool | None = None
@@ -94,7 +94,9 @@ def engine_placement(config: ServeConfig, arch: str, gpu: bool) -> tuple[bool, i
     leaves them to the replica (None), what measured best there (see ServeConfig)."""
     from pipeline.engine.staging import can_stage
 
-    in_process = gpu if config.engine_process is None else config.engine_process
+    # With tensor parallelism the replica's engine drives worker processes of its own: never measured from
+    # inside an engine process on GPUs, so that stays opt-in.
+    in_process = gpu and config.tp == 1 if config.engine_process is None else config.engine_process
     staged = config.stage_vision_images
     if staged is None:
         staged = 4 if gpu and config.max_decode_stall_ms and can_stage(arch, config.tp) else 0

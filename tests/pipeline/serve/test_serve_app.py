@@ -77,7 +77,7 @@ def test_engine_placement_defaults_follow_the_hardware():
     assert engine_placement(default, mllama, gpu=True) == (True, 4)  # process + staged vision on a GPU
     assert engine_placement(default, mllama, gpu=False) == (False, 0)  # a thread, unstaged, on a CPU
     assert engine_placement(default, ov, gpu=True) == (True, 0)  # OneVision has no staging
-    assert engine_placement(ServeConfig(model="/m", tp=2), mllama, gpu=True) == (True, 0)
+    assert engine_placement(ServeConfig(model="/m", tp=2), mllama, gpu=True) == (False, 0)
     assert engine_placement(ServeConfig(model="/m", max_decode_stall_ms=None), mllama, gpu=True) == (True, 0)
     explicit = ServeConfig(model="/m", engine_process=False, stage_vision_images=1)
     assert engine_placement(explicit, mllama, gpu=True) == (False, 1)
