@@ -10,15 +10,16 @@ values): row b attends to keys [0, lengths[b]) only, and the keys past it are ne
 
 Why: PyTorch's SDPA has no length argument, so a slot cache's decode step read every slot's whole
 `max_len` of self-attention K/V (201 MB per sequence per step for Mllama-11B at max_len 1,537, where a
-caption needs ~100 positions), and with an additive mask it runs the memory-efficient kernel, one program
-per (row, head) walking all T keys: ~2 TB/s on an H200 for the 210 MB of image K/V a Mllama sequence reads
-per step. Here each (row, kv head, chunk of CHUNK keys) is one program that serves all query heads of the
-group (K/V are read once per group); chunks past a row's length return at once; a second kernel merges the
-chunks' partial results by their softmax maxima and sums.
+caption needs ~100 positions: 0.25 ms per layer at width 64 on an H200, 0.07 here), and over the 210 MB of
+image K/V a Mllama sequence reads per step it reached 3.1 TB/s (3.9 here; scripts/decode_attention_bench.py,
+BENCHMARKS.md session 13). Here each (row, kv head, chunk of CHUNK keys) is one program that serves all query
+heads of the group (K/V are read once per group); chunks past a row's length return at once; a second kernel
+merges the chunks' partial results by their softmax maxima and sums.
 
 Numerics follow SDPA's: scores and softmax in fp32, probabilities cast to the value dtype for the second
-product, additive masks added in fp32 (a row with every key at `finfo.min` averages all keys uniformly, as
-the reference does for Mllama text rows before the first image).
+product, additive masks added in fp32. A row with every key at `finfo.min` averages all keys uniformly, as
+SDPA's math backend does (its CUDA kernels return 0 there); in decode such rows are only Mllama's text-only
+requests, whose cross-attention output the model zeroes, and a CUDA-graph bucket's padding rows.
 
 `available(q)` says whether this path applies (CUDA, Triton importable, fp16/bf16, D a power of two <= 256);
 ops.attention and ops.slot_attention fall back to SDPA otherwise. `VLMCAP_DECODE_ATTENTION=sdpa` turns it off
