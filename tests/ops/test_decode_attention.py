@@ -65,6 +65,34 @@ print("ok", len(worst))
 """
 
 
+ENGINE = r"""
+import os, random, sys
+import torch
+from models.mllama.model import MllamaForConditionalGeneration
+from tests.pipeline.engine.test_engine_mllama import make_engine, random_request, run_all
+
+model = MllamaForConditionalGeneration.from_pretrained(sys.argv[1], dtype=torch.float32)
+rng = random.Random(5)
+requests = [random_request(i, rng, 5, ignore_eos=True) for i in range(8)]  # images of 1-4 tiles, text-only rows
+got = run_all(make_engine(model, slots=4), requests)
+os.environ["VLMCAP_DECODE_ATTENTION"] = "sdpa"
+want = run_all(make_engine(model, slots=4), requests)
+assert got == want, (got, want)
+print("ok", len(got))
+"""
+
+
+def test_engine_tokens_equal_with_the_kernels(tiny_mllama_dir):
+    """The tiny Mllama engine (head dim 16; slot self-attention with lengths, cross-attention with masks,
+    text-only rows among image rows) decodes the same greedy tokens through the kernels as through SDPA."""
+    env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
+    env.pop("VLMCAP_DECODE_ATTENTION", None)
+    run = subprocess.run([sys.executable, "-c", ENGINE, str(tiny_mllama_dir)], env=env, capture_output=True,
+                         text=True, timeout=600)
+    assert run.returncode == 0, run.stdout + run.stderr
+    assert run.stdout.strip().endswith("ok 8")
+
+
 def test_kernels_match_sdpa_under_the_interpreter():
     env = dict(os.environ, TRITON_INTERPRET="1", PYTHONPATH=str(ROOT))
     env.pop("VLMCAP_DECODE_ATTENTION", None)
