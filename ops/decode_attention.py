@@ -34,6 +34,7 @@ import os
 import torch
 
 CHUNK = 256  # keys per program: Mllama's 6,404 image tokens -> 26 programs per (row, kv head)
+MAX_CHUNKS = 64  # longer K/V get longer chunks: the merge holds [chunks, D] fp32 values in one program
 BLOCK_N = 64  # keys per inner step
 
 
@@ -131,7 +132,8 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: f
         raise ValueError(f"decode_attention: q {tuple(q.shape)}, k {tuple(k.shape)}: one query per row, "
                          "Hq a multiple of Hkv, contiguous head dim")
     groups = hq // hkv
-    chunks = triton_cdiv(t, CHUNK)
+    chunk = max(CHUNK, next_pow2(triton_cdiv(t, MAX_CHUNKS)))
+    chunks = triton_cdiv(t, chunk)
     q = q.reshape(b, hq, d)
     if q.stride(-1) != 1:
         q = q.contiguous()
@@ -152,7 +154,7 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: f
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
         mask_row_stride, out.stride(0), out.stride(1), out.stride(2), top.stride(0),
         top.stride(1), t, d ** -0.5 if scale is None else scale,
-        GROUPS=groups, BLOCK_G=max(16, next_pow2(groups)), D=d, CHUNK=CHUNK, BLOCK_N=BLOCK_N,
+        GROUPS=groups, BLOCK_G=max(16, next_pow2(groups)), D=d, CHUNK=chunk, BLOCK_N=BLOCK_N,
         HAS_MASK=mask is not None, HAS_LENS=lengths is not None)
     res = torch.empty(b, hq, d, dtype=q.dtype, device=q.device)
     merge_kernel[(b, hq)](out, top, total, res, chunks, out.stride(0), out.stride(1), out.stride(2), top.stride(0),

@@ -51,6 +51,12 @@ for hq, hkv in ((2, 2), (8, 2), (7, 1)):
     # one mask row for every batch row goes through ops.attention's dispatch
     worst[f"broadcast {hq}/{hkv}"] = (attention(q, k[:3], v[:3], m[:1]) - ref(q, k[:3], v[:3], m[:1])).abs().max()
 
+# keys past MAX_CHUNKS x CHUNK: longer chunks, the merge still sees at most MAX_CHUNKS of them
+t = da.MAX_CHUNKS * da.CHUNK + 300
+q, k, v = torch.randn(1, 2, 1, 16), torch.randn(1, 1, t, 16), torch.randn(1, 1, t, 16)
+worst["long"] = (da.decode_attention(q, k, v, lengths=torch.tensor([t - 7])) - ref(q, k[:, :, :t - 7],
+                 v[:, :, :t - 7])).abs().max()
+
 # the slot cache's decode step: the kernel with lengths == the SDPA path with its boolean mask
 cache = SlotKVCache(1, 4, 2, 300, 32, torch.float32, "cpu")
 cache.k[0].normal_(); cache.v[0].normal_()
@@ -98,7 +104,7 @@ def test_kernels_match_sdpa_under_the_interpreter():
     env.pop("VLMCAP_DECODE_ATTENTION", None)
     run = subprocess.run([sys.executable, "-c", CHECK], env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout + run.stderr
-    assert run.stdout.strip() == "ok 16"
+    assert run.stdout.strip() == "ok 17"
 
 
 def test_not_used_on_cpu_without_the_interpreter(monkeypatch):
