@@ -155,6 +155,10 @@ class ChatService:
                            max_images_per_request=self.codec.max_images_per_request,
                            max_prefill_requests=c.max_prefill_requests, max_decode_stall_ms=c.max_decode_stall_ms,
                            step_trace=c.step_trace, stage_vision_images=staged)
+        budget = f"{c.max_decode_stall_ms:g} ms" if c.max_decode_stall_ms else "none"
+        print(f"[serve] engine: {'own process' if in_process else 'thread of the replica'}, {c.max_num_seqs} slots, "
+              f"max_model_len {self.job.max_model_len}, decode-stall budget {budget}, vision staged "
+              f"{f'{staged} images per step' if staged else 'off'}", file=sys.stderr, flush=True)
         if in_process:
             from pipeline.serve.engine_process import ProcessDriver
 
