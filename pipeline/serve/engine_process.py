@@ -9,7 +9,11 @@ ms alone. vLLM moved its engine core out of the API server's process for the sam
 session 11): at concurrency 64 right after the warm-up 708 output tokens/s against 586 with the engine thread,
 but after levels 1 and 16 675 against 668, and at concurrency 1 TTFT p50 117 against 97 ms (not yet explained:
 a one-tile Mllama request's 3.8 MB of uint8 pixels cross the pipe in 2-4 ms on a 2-core CPU, moved to shared
-memory by torch's reducers). No clear gain, so off by default (`jobs/serve.py --engine-process`).
+memory by torch's reducers). Session 13 (H200, traces) found the gain once admissions are large: at concurrency
+64 the decode step at width 64 took 19.8 ms here against 22.7 in the replica's thread (19.5 offline) and
+one-request admissions 80 against 109 ms; with staged vision the endpoint reached 0.80-0.82 of the offline
+engine against 0.60 in a thread. So it is the default where a replica has one GPU (`engine_placement` in
+pipeline/serve/service.py; `--no-engine-process` turns it off).
 
 Contract:
 - `ProcessDriver(factory, args, tokenizer)` is an `AsyncEngine` driver (pipeline/serve/stream_engine.py): it
