@@ -25,9 +25,9 @@ Contract:
   The server's and the child's output go to `--server-log` (default: the JSON's name + .server.log).
 - `--ab-serve-arg FLAG` (repeatable) runs the server phase a second time with FLAG added (JSON `b`, rows tagged
   with the flag), both compared with the same offline run: an A/B in one device call, e.g. `--levels 64
-  --requests-per-level 192 --ab-serve-arg=--engine-process` (~2 minutes per variant on an H200).
+  --requests-per-level 192 --ab-serve-arg=--no-engine-process` (~2 minutes per variant on an H200).
   `--variant "FLAGS"` (repeatable) adds one more server phase per use, each with its own flags (JSON `b`, `c`,
-  ...): e.g. `--variant "--max-decode-stall-ms 400" --variant=--engine-process` (~90 s each at one level).
+  ...): e.g. `--variant "--max-decode-stall-ms 400" --variant=--no-engine-process` (~90 s each at one level).
 - `--step-trace DIR`: every engine (each serve variant's replica, the offline run) writes one line per step
   (pipeline/engine/step_trace.py) and the end prints each one's summary: what an admission of n requests and
   a decode step of each width cost in that place, the decode gaps, the wall clock's prefill/decode/idle split.
@@ -151,7 +151,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--serve-arg", action="append", default=[], help="extra jobs/serve.py flag (repeatable; "
                    "e.g. --serve-arg=--max-decode-stall-ms=0)")
     p.add_argument("--ab-serve-arg", action="append", default=[], help="also run the serve phase a second time "
-                   "with this extra jobs/serve.py flag (repeatable), e.g. --ab-serve-arg=--engine-process: an A/B "
+                   "with this extra jobs/serve.py flag (repeatable), e.g. --ab-serve-arg=--no-engine-process: an A/B "
                    "in one call, both against the same offline run")
     p.add_argument("--variant", action="append", default=[], help="one more serve phase with these jobs/serve.py "
                    "flags (one string, split as a shell would; repeatable: variants b, c, ...; a lone flag: "

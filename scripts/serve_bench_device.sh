@@ -9,8 +9,8 @@
 # run(kind="nvidia-h200", carry=[".devpkgs", ".devdata"], timeout_s=600,
 #     command="bash scripts/serve_bench_device.sh")
 # Extra arguments go to serve_bench.py (e.g. --requests-per-level 16,64,192 --serve-arg=--max-decode-stall-ms=0;
-# an A/B in one call: --levels 64 --requests-per-level 192 --ab-serve-arg=--engine-process; more variants, each
-# ~90 s at one level: --variant "--max-decode-stall-ms 400" --variant "--engine-process --stage-vision-images 2").
+# an A/B in one call: --levels 64 --requests-per-level 192 --ab-serve-arg=--no-engine-process; more variants, each
+# ~90 s at one level: --variant "--max-decode-stall-ms 400" --variant "--stage-vision-images 2").
 # TRACE=1 adds --step-trace: every engine's per-step lines (pipeline/engine/step_trace.py) come back as one
 # $OUT/step_traces.tgz and their summaries end the log (admission cost by size in the replica vs offline).
 # Checkpoints are extracted to /tmp/vshared, outside the repo copy: each `run` call re-syncs the tree and
