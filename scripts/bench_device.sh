@@ -1,0 +1,55 @@
+#!/usr/bin/env bash
+# Issue 16 on one lent H200 in a single `run` call (<= 600 s): the GPU correctness tests, then jobs/bench.py on
+# Mllama-11B (default settings, then staged vision under a stall budget), each with a batch run, Poisson arrivals
+# at a steady state of many running sequences and the per-step trace, then OneVision-7B. No Ray needed:
+#   mkdir -p .devdata && tar -C ../shared -cJf .devdata/ckpt.tar.xz checkpoints/Llama-3.2-11B-Vision-Instruct \
+#       checkpoints/llava-onevision-qwen2-7b-ov-hf checkpoints/llava-onevision-qwen2-0.5b-ov-hf
+#   run(kind="nvidia-h200", carry=[".devdata"], timeout_s=600, command="bash scripts/bench_device.sh")
+# STEPS picks and orders the parts (default "tests mllama staged onevision"); each part gets its own timeout
+# within the call's 600 s and the parts that no longer fit are skipped (printed). Results under $OUT: one
+# <part>.txt (the tail of its output), <part>.json (bench.py --json) and traces.tgz (every bench's step trace:
+# `python -m pipeline.engine.step_trace DIR/steps-*.jsonl` summarises one). VLMCAP_DECODE_ATTENTION=sdpa in the
+# environment reruns everything on SDPA's decode attention (A/B).
+set -uo pipefail
+R=$(cd "$(dirname "$0")/.." && pwd)
+cd "$R"
+OUT=${OUT:-/tmp/bench_out}
+mkdir -p "$OUT" /tmp/vshared /tmp/bench_traces
+export PYTHONUNBUFFERED=1
+t0=$(date +%s)
+[ -d /tmp/vshared/checkpoints ] || tar -C /tmp/vshared -xJf .devdata/ckpt.tar.xz
+export VLMCAP_SHARED_CHECKPOINTS=/tmp/vshared/checkpoints
+ARRIVALS="--arrival-rate 14 --arrival-requests 1024 --arrival-new-tokens 256"
+MLLAMA="--model mllama-11b --images 256 --image-size 1120 --new-tokens 64 --skip-hf --small-images 0"
+
+part() {  # name, seconds it needs, seconds it may take at most, command...
+  local name=$1 need=$2 cap=$3
+  shift 3
+  local left=$(( 585 - ($(date +%s) - t0) ))
+  if (( left < need )); then
+    echo "== $name skipped: $left s left, needs ~$need" | tee -a "$OUT/summary.txt"
+    return
+  fi
+  local s=$(date +%s)
+  timeout "$(( left < cap ? left : cap ))" "$@" > "$OUT/$name.log" 2>&1
+  local rc=$?
+  tail -25 "$OUT/$name.log" > "$OUT/$name.txt"
+  rm -f "$OUT/$name.log"
+  echo "== $name rc $rc in $(( $(date +%s) - s )) s" | tee -a "$OUT/summary.txt"
+  tail -8 "$OUT/$name.txt"
+}
+
+for step in ${STEPS:-tests mllama staged onevision}; do
+  case $step in
+    tests) part tests 90 200 python -m pytest -q -p no:cacheprovider tests/gpu --ignore=tests/gpu/test_tp_nccl.py ;;
+    mllama) part mllama 150 240 python jobs/bench.py $MLLAMA $ARRIVALS --step-trace /tmp/bench_traces/mllama \
+        --json "$OUT/mllama.json" ;;
+    staged) part staged 150 240 python jobs/bench.py $MLLAMA $ARRIVALS --max-decode-stall-ms 130 \
+        --stage-vision-images 2 --step-trace /tmp/bench_traces/staged --json "$OUT/staged.json" ;;
+    onevision) part onevision 120 200 python jobs/bench.py --model onevision-7b --images 128 --image-size 768 \
+        --new-tokens 64 --skip-hf --small-images 0 --json "$OUT/onevision.json" ;;
+    *) echo "unknown step $step (tests, mllama, staged, onevision)"; exit 2 ;;
+  esac
+done
+tar -C /tmp -czf "$OUT/traces.tgz" bench_traces
+echo "total $(( $(date +%s) - t0 )) s" | tee -a "$OUT/summary.txt"
