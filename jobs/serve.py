@@ -56,7 +56,9 @@ def parser() -> argparse.ArgumentParser:
                    "many new requests per step as fit this prefill time (0: full batches, best throughput)")
     p.add_argument("--stage-vision-images", type=int, help="while streams decode, encode waiting requests' images "
                    "this many per step, then admit them together (Mllama, one GPU per replica; "
-                   "pipeline/engine/staging.py); 0: off (default: 4 for Mllama on one GPU, else off)")
+                   "pipeline/engine/staging.py); a slice of N images pauses running streams for its vision "
+                   "time (~37 ms per image for Mllama-11B on an H200), outside --max-decode-stall-ms; 0: off "
+                   "(default: 4 for Mllama on one GPU, else off)")
     p.add_argument("--engine-report-s", type=float, default=600.0, help="seconds between the replica's [engine] "
                    "lines (steps, admissions, token gaps)")
     p.add_argument("--engine-process", action=argparse.BooleanOptionalAction,
