@@ -22,16 +22,20 @@ SDPA's math backend does (its CUDA kernels return 0 there); in decode such rows 
 requests, whose cross-attention output the model zeroes, and a CUDA-graph bucket's padding rows.
 
 `available(q)` says whether this path applies (CUDA, Triton importable, fp16/bf16, D a power of two <= 256);
-ops.attention and ops.slot_attention fall back to SDPA otherwise. `VLMCAP_DECODE_ATTENTION=sdpa` turns it off
-(for A/B runs). Under `TRITON_INTERPRET=1` the kernels also run on CPU tensors (the CPU tests do that).
+ops.attention and ops.slot_attention fall back to SDPA otherwise, and where Triton cannot build or run the
+kernels on the device (checked once, with a warning). `VLMCAP_DECODE_ATTENTION=sdpa` turns it off (A/B runs).
+Under `TRITON_INTERPRET=1` the kernels also run on CPU tensors (the CPU tests do that).
 """
 
 from __future__ import annotations
 
 import functools
+import logging
 import os
 
 import torch
+
+log = logging.getLogger(__name__)
 
 CHUNK = 256  # keys per program: Mllama's 6,404 image tokens -> 26 programs per (row, kv head)
 MAX_CHUNKS = 64  # longer K/V get longer chunks: the merge holds [chunks, D] fp32 values in one program
@@ -120,7 +124,29 @@ def available(q: torch.Tensor) -> bool:
             # fp32 stays with SDPA on the GPU: tl.dot would round it to tf32
             and (q.dtype in (torch.float16, torch.bfloat16) or (q.dtype == torch.float32 and _interpreting()))
             and d >= 16 and d <= 256 and d & (d - 1) == 0
-            and _kernels() is not None)
+            and _kernels() is not None and _works_on(str(q.device), q.dtype, d))
+
+
+@functools.cache
+def _works_on(device: str, dtype: torch.dtype, head_dim: int) -> bool:
+    """Whether Triton can build and run the kernels here (it needs a C compiler for its launcher, for one):
+    checked once per device, on the first decode step, which the engine runs before capturing CUDA graphs.
+    Where it cannot, decode keeps PyTorch's SDPA, with a warning, instead of failing the replica."""
+    try:
+        _probe(device, dtype, head_dim)
+        return True
+    except Exception as exc:  # noqa: BLE001 - any failure to build or run: fall back
+        log.warning("decode attention: Triton kernels unavailable on %s (%s: %s); using SDPA", device,
+                    type(exc).__name__, exc)
+        return False
+
+
+def _probe(device: str, dtype: torch.dtype, head_dim: int) -> None:
+    q = torch.ones(1, 1, 1, head_dim, device=device, dtype=dtype)
+    k = torch.ones(1, 1, 4, head_dim, device=device, dtype=dtype)
+    out = decode_attention(q, k, k, lengths=torch.full((1,), 4, device=device))
+    if not torch.allclose(out.float().cpu(), torch.ones(1, 1, 1, head_dim)):
+        raise RuntimeError("wrong result on a constant input")
 
 
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None,

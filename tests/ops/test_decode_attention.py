@@ -77,7 +77,10 @@ import torch
 from models.mllama.model import MllamaForConditionalGeneration
 from tests.pipeline.engine.test_engine_mllama import make_engine, random_request, run_all
 
+from ops import decode_attention
+
 model = MllamaForConditionalGeneration.from_pretrained(sys.argv[1], dtype=torch.float32)
+assert decode_attention.available(torch.zeros(1, 4, 1, 16))  # the tiny model's head dim: the kernels run
 rng = random.Random(5)
 requests = [random_request(i, rng, 5, ignore_eos=True) for i in range(8)]  # images of 1-4 tiles, text-only rows
 got = run_all(make_engine(model, slots=4), requests)
@@ -114,3 +117,20 @@ def test_not_used_on_cpu_without_the_interpreter(monkeypatch):
 
     monkeypatch.delenv("TRITON_INTERPRET", raising=False)
     assert not decode_attention.available(torch.zeros(1, 4, 1, 32))
+
+
+def test_a_device_where_triton_fails_keeps_sdpa(monkeypatch, caplog):
+    import torch
+
+    from ops import decode_attention
+
+    def broken(device, dtype, head_dim):
+        raise RuntimeError("Failed to find C compiler")
+
+    monkeypatch.setattr(decode_attention, "_probe", broken)
+    decode_attention._works_on.cache_clear()
+    try:
+        assert not decode_attention._works_on("cuda:0", torch.bfloat16, 128)
+        assert "using SDPA" in caplog.text and "C compiler" in caplog.text
+    finally:
+        decode_attention._works_on.cache_clear()
