@@ -56,19 +56,28 @@ def _kernels():
         return None
 
     @triton.jit
-    def partial_kernel(Q, K, V, Mask, Lens, Out, Max, Sum,
-                       sqb, sqh, skb, skh, skt, svb, svh, svt, smb, sob, soh, sos, slb, slh,
-                       T, scale,
+    def partial_kernel(Q, K, V, Mask, Lens, NewK, NewV, Out, Max, Sum,
+                       sqb, sqh, skb, skh, skt, svb, svh, svt, smb, snkb, snkh, snvb, snvh,
+                       sob, soh, sos, slb, slh, T, scale,
                        GROUPS: tl.constexpr, BLOCK_G: tl.constexpr, D: tl.constexpr, CHUNK: tl.constexpr,
-                       BLOCK_N: tl.constexpr, HAS_MASK: tl.constexpr, HAS_LENS: tl.constexpr):
+                       BLOCK_N: tl.constexpr, HAS_MASK: tl.constexpr, HAS_LENS: tl.constexpr,
+                       HAS_NEW: tl.constexpr):
         b, h, s = tl.program_id(0), tl.program_id(1), tl.program_id(2)
         end = T
         if HAS_LENS:
             end = tl.minimum(tl.load(Lens + b).to(tl.int32), T)
         start = s * CHUNK
-        end = tl.minimum(end, start + CHUNK)
         g = tl.arange(0, BLOCK_G)
         d = tl.arange(0, D)
+        if HAS_NEW:  # this step's key/value belong at the row's last position: used from registers, and
+            # stored by the one program whose chunk holds that position (no program reads it back)
+            pos = end - 1
+            new_k = tl.load(NewK + b * snkb + h * snkh + d)
+            new_v = tl.load(NewV + b * snvb + h * snvh + d)
+            if (pos >= start) & (pos < start + CHUNK):
+                tl.store(K + b * skb + h * skh + pos * skt + d, new_k)
+                tl.store(V + b * svb + h * svh + pos * svt + d, new_v)
+        end = tl.minimum(end, start + CHUNK)
         heads = h * GROUPS + g
         q = tl.load(Q + b * sqb + heads[:, None] * sqh + d[None, :], mask=(g < GROUPS)[:, None], other=0.0)
         m_i = tl.full([BLOCK_G], float("-inf"), tl.float32)
@@ -78,6 +87,8 @@ def _kernels():
             n = n0 + tl.arange(0, BLOCK_N)
             valid = n < end
             k = tl.load(K + b * skb + h * skh + n[:, None] * skt + d[None, :], mask=valid[:, None], other=0.0)
+            if HAS_NEW:
+                k = tl.where((n == pos)[:, None], new_k[None, :], k)
             sc = tl.dot(q, tl.trans(k)) * scale  # [BLOCK_G, BLOCK_N] fp32
             if HAS_MASK:
                 sc += tl.load(Mask + b * smb + n, mask=valid, other=0.0).to(tl.float32)[None, :]
@@ -88,6 +99,8 @@ def _kernels():
             p = tl.exp(sc - m_new[:, None])
             l_i = l_i * alpha + tl.sum(p, 1)
             v = tl.load(V + b * svb + h * svh + n[:, None] * svt + d[None, :], mask=valid[:, None], other=0.0)
+            if HAS_NEW:
+                v = tl.where((n == pos)[:, None], new_v[None, :], v)
             acc = acc * alpha[:, None] + tl.dot(p.to(v.dtype), v)
             m_i = m_new
         # The chunk's max and sum, not their log-sum-exp: under a `finfo.min` mask m_i is ~-3.4e38, where
@@ -150,13 +163,23 @@ def _probe(device: str, dtype: torch.dtype, head_dim: int) -> None:
 
 
 def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None,
-                     lengths: torch.Tensor | None = None, mask: torch.Tensor | None = None) -> torch.Tensor:
+                     lengths: torch.Tensor | None = None, mask: torch.Tensor | None = None,
+                     new_kv: tuple[torch.Tensor, torch.Tensor] | None = None) -> torch.Tensor:
+    """`new_kv` (k, v [B, Hkv, 1, D], with `lengths`): this step's key and value, written into k/v at each
+    row's last position (lengths - 1) by the kernel itself and attended to, saving a cache-write kernel
+    per tensor and layer (the slot cache's decode step)."""
     partial_kernel, merge_kernel, next_pow2 = _kernels()
     b, hq, s, d = q.shape
     hkv, t = k.shape[1], k.shape[2]
     if s != 1 or hq % hkv or k.stride(-1) != 1 or v.stride(-1) != 1:
         raise ValueError(f"decode_attention: q {tuple(q.shape)}, k {tuple(k.shape)}: one query per row, "
                          "Hq a multiple of Hkv, contiguous head dim")
+    if new_kv is not None:
+        nk, nv = new_kv
+        if lengths is None or nk.shape != (b, hkv, 1, d) or nv.shape != nk.shape or nk.stride(-1) != 1 \
+                or nv.stride(-1) != 1:
+            raise ValueError(f"decode_attention: new_kv needs lengths and k/v of shape {(b, hkv, 1, d)} with a "
+                             f"contiguous head dim, got {tuple(nk.shape)}, {tuple(nv.shape)}")
     groups = hq // hkv
     chunk = max(CHUNK, next_pow2(triton_cdiv(t, MAX_CHUNKS)))
     chunks = triton_cdiv(t, chunk)
@@ -175,13 +198,15 @@ def decode_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: f
             mask = mask.contiguous()
         mask_row_stride = mask.stride(0) if mask.shape[0] == b and b > 1 else 0  # one row for all: stride 0
     dummy = out  # any tensor: the kernel never reads an absent mask / length
+    nk, nv = new_kv if new_kv is not None else (dummy, dummy)
     partial_kernel[(b, hkv, chunks)](
-        q, k, v, dummy if mask is None else mask, dummy if lengths is None else lengths, out, top, total,
+        q, k, v, dummy if mask is None else mask, dummy if lengths is None else lengths, nk, nv, out, top, total,
         q.stride(0), q.stride(1), k.stride(0), k.stride(1), k.stride(2), v.stride(0), v.stride(1), v.stride(2),
-        mask_row_stride, out.stride(0), out.stride(1), out.stride(2), top.stride(0),
-        top.stride(1), t, d ** -0.5 if scale is None else scale,
+        mask_row_stride, nk.stride(0), nk.stride(1), nv.stride(0), nv.stride(1),
+        out.stride(0), out.stride(1), out.stride(2), top.stride(0), top.stride(1), t,
+        d ** -0.5 if scale is None else scale,
         GROUPS=groups, BLOCK_G=max(16, next_pow2(groups)), D=d, CHUNK=chunk, BLOCK_N=BLOCK_N,
-        HAS_MASK=mask is not None, HAS_LENS=lengths is not None)
+        HAS_MASK=mask is not None, HAS_LENS=lengths is not None, HAS_NEW=new_kv is not None)
     res = torch.empty(b, hq, d, dtype=q.dtype, device=q.device)
     merge_kernel[(b, hq)](out, top, total, res, chunks, out.stride(0), out.stride(1), out.stride(2), top.stride(0),
                           top.stride(1), res.stride(0), res.stride(1), D=d, BLOCK_S=max(16, next_pow2(chunks)))

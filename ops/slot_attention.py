@@ -7,7 +7,8 @@ slot, token t of that sequence lives at index t. Two backends implement ops.atte
   over the fresh k/v (right padding is never seen by real queries), then k/v are written to [0, S) of each
   slot; padding garbage past a prompt's end is overwritten by decode before anything attends to it.
 - `SlotDecode`: one new token for each of the first B slots (row b = slot b), at cache index
-  `positions[b]`. Written with index_put, attended with a key mask `idx <= positions[b]`. Every shape is
+  `positions[b]`. Written with index_put, attended with a key mask `idx <= positions[b]` (on a GPU the
+  decode kernel writes them itself). Every shape is
   fixed by B, so the whole step can be captured in a CUDA graph and replayed with new positions. On a GPU
   the split-key kernel (ops/decode_attention.py) reads only keys [0, position] of each slot, not max_len.
   (ops.attention folds grouped-query heads into the query axis, so the cache is never repeated per head.)
@@ -57,8 +58,9 @@ class SlotDecode:
     def __call__(self, layer_idx: int, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
         b = q.shape[0]
         kc, vc = self.cache.k[layer_idx][:b], self.cache.v[layer_idx][:b]
+        if decode_attention.available(q) and k.stride(-1) == 1 and v.stride(-1) == 1:
+            # the kernel writes this step's k/v into the cache itself (two index_put launches fewer per layer)
+            return decode_attention.decode_attention(q, kc, vc, self.scale, lengths=self.lengths, new_kv=(k, v))
         kc[self.rows, :, self.positions] = k[:, :, 0]
         vc[self.rows, :, self.positions] = v[:, :, 0]
-        if decode_attention.available(q):
-            return decode_attention.decode_attention(q, kc, vc, self.scale, lengths=self.lengths)
         return attention(q, kc, vc, self.mask, self.scale)

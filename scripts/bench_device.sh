@@ -5,9 +5,10 @@
 #   mkdir -p .devdata && tar -C ../shared -cJf .devdata/ckpt.tar.xz checkpoints/Llama-3.2-11B-Vision-Instruct \
 #       checkpoints/llava-onevision-qwen2-7b-ov-hf checkpoints/llava-onevision-qwen2-0.5b-ov-hf
 #   run(kind="nvidia-h200", carry=[".devdata"], timeout_s=600, command="bash scripts/bench_device.sh")
-# STEPS picks and orders the parts (default "tests mllama staged onevision"); each part gets its own timeout
+# STEPS picks and orders the parts (default "tests mllama staged onevision"; also probe, probe-ov:
+# scripts/vision_overlap_probe.py on Mllama / OneVision); each part gets its own timeout
 # within the call's 600 s and the parts that no longer fit are skipped (printed). Results under $OUT: one
-# <part>.txt (the tail of its output), <part>.json (bench.py --json) and traces.tgz (every bench's step trace:
+# <part>.log (its output), <part>.txt (the tail), <part>.json (bench.py --json) and traces.tgz (every bench's step trace:
 # `python -m pipeline.engine.step_trace DIR/steps-*.jsonl` summarises one). VLMCAP_DECODE_ATTENTION=sdpa in the
 # environment reruns everything on SDPA's decode attention (A/B).
 set -uo pipefail
@@ -20,6 +21,7 @@ t0=$(date +%s)
 [ -d /tmp/vshared/checkpoints ] || tar -C /tmp/vshared -xJf .devdata/ckpt.tar.xz
 export VLMCAP_SHARED_CHECKPOINTS=/tmp/vshared/checkpoints
 ARRIVALS="--arrival-rate 14 --arrival-requests 1024 --arrival-new-tokens 256"
+MLLAMA_DIR=Llama-3.2-11B-Vision-Instruct
 MLLAMA="--model mllama-11b --images 256 --image-size 1120 --new-tokens 64 --skip-hf --small-images 0"
 
 part() {  # name, seconds it needs, seconds it may take at most, command...
@@ -34,7 +36,6 @@ part() {  # name, seconds it needs, seconds it may take at most, command...
   timeout "$(( left < cap ? left : cap ))" "$@" > "$OUT/$name.log" 2>&1
   local rc=$?
   tail -25 "$OUT/$name.log" > "$OUT/$name.txt"
-  rm -f "$OUT/$name.log"
   echo "== $name rc $rc in $(( $(date +%s) - s )) s" | tee -a "$OUT/summary.txt"
   tail -8 "$OUT/$name.txt"
 }
@@ -46,9 +47,13 @@ for step in ${STEPS:-tests mllama staged onevision}; do
         --json "$OUT/mllama.json" ;;
     staged) part staged 150 240 python jobs/bench.py $MLLAMA $ARRIVALS --max-decode-stall-ms 130 \
         --stage-vision-images 2 --step-trace /tmp/bench_traces/staged --json "$OUT/staged.json" ;;
+    probe) part probe 120 220 python scripts/vision_overlap_probe.py --model-dir "$VLMCAP_SHARED_CHECKPOINTS/$MLLAMA_DIR" \
+        --random-weights --image-size 1120 --images 16 --json "$OUT/probe.json" ;;
+    probe-ov) part probe_ov 60 150 python scripts/vision_overlap_probe.py --skip-overlap --widths 1 --random-weights \
+        --model-dir "$VLMCAP_SHARED_CHECKPOINTS/llava-onevision-qwen2-7b-ov-hf" --json "$OUT/probe_ov.json" ;;
     onevision) part onevision 120 200 python jobs/bench.py --model onevision-7b --images 128 --image-size 768 \
         --new-tokens 64 --skip-hf --small-images 0 --json "$OUT/onevision.json" ;;
-    *) echo "unknown step $step (tests, mllama, staged, onevision)"; exit 2 ;;
+    *) echo "unknown step $step (tests, mllama, staged, onevision, probe, probe-ov)"; exit 2 ;;
   esac
 done
 tar -C /tmp -czf "$OUT/traces.tgz" bench_traces

@@ -27,19 +27,21 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT), str(ROOT / "scripts")]
 
-from serve_bench import make_bodies  # noqa: E402
-
 from pipeline.context_len import resolve_max_model_len  # noqa: E402
 from pipeline.engine.builder import build_engine  # noqa: E402
 from pipeline.engine.config import EngineConfig  # noqa: E402
 from pipeline.engine.step_timer import line_fit  # noqa: E402
 from pipeline.job_config import JobConfig  # noqa: E402
 from pipeline.media_codec import codec_for  # noqa: E402
-from pipeline.serve.messages import MediaLimits, split_media  # noqa: E402
-from pipeline.serve.schemas import parse_request  # noqa: E402
 
 
 def prepared_requests(model_dir: str, n: int, image_size: int, job: JobConfig) -> list[tuple[list[int], object]]:
+    # the endpoint's parser needs pydantic (Ray Serve's), which a bare GPU machine lacks: imported here
+    from serve_bench import make_bodies
+
+    from pipeline.serve.messages import MediaLimits, split_media
+    from pipeline.serve.schemas import parse_request
+
     codec = codec_for(model_dir, job)
     limits = MediaLimits(max_images=codec.max_images_per_request)
     out = []

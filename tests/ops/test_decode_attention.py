@@ -61,10 +61,17 @@ worst["long"] = (da.decode_attention(q, k, v, lengths=torch.tensor([t - 7])) - r
 cache = SlotKVCache(1, 4, 2, 300, 32, torch.float32, "cpu")
 cache.k[0].normal_(); cache.v[0].normal_()
 positions = torch.tensor([0, 5, 299])
-q, k, v = torch.randn(3, 8, 1, 32), torch.randn(3, 2, 1, 32), torch.randn(3, 2, 1, 32)
+# this step's k/v as the model hands them over: [B, Hkv, 1, D] views of a [B, 1, Hkv, D] projection
+q, k, v = torch.randn(3, 8, 1, 32), torch.randn(3, 1, 2, 32).transpose(1, 2), torch.randn(3, 1, 2, 32).transpose(1, 2)
+want_k, want_v = cache.k[0].clone(), cache.v[0].clone()
+want_k[torch.arange(3), :, positions] = k[:, :, 0]
+want_v[torch.arange(3), :, positions] = v[:, :, 0]
 step = SlotDecode(cache, positions, 0.25)
 out = step(0, q, k, v)
-worst["slot decode"] = (out - attention(q, cache.k[0][:3], cache.v[0][:3], step.mask, 0.25)).abs().max()
+# the kernel wrote the new k/v into the cache (and nothing else), and attended to them
+worst["slot write k"] = (cache.k[0] - want_k).abs().max()
+worst["slot write v"] = (cache.v[0] - want_v).abs().max()
+worst["slot decode"] = (out - attention(q, want_k[:3], want_v[:3], step.mask, 0.25)).abs().max()
 bad = {name: float(err) for name, err in worst.items() if not err < 2e-6}
 assert not bad, bad
 print("ok", len(worst))
@@ -107,7 +114,7 @@ def test_kernels_match_sdpa_under_the_interpreter():
     env.pop("VLMCAP_DECODE_ATTENTION", None)
     run = subprocess.run([sys.executable, "-c", CHECK], env=env, capture_output=True, text=True, timeout=300)
     assert run.returncode == 0, run.stdout + run.stderr
-    assert run.stdout.strip() == "ok 17"
+    assert run.stdout.strip() == "ok 19"
 
 
 def test_not_used_on_cpu_without_the_interpreter(monkeypatch):
