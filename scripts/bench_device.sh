@@ -6,7 +6,7 @@
 #       checkpoints/llava-onevision-qwen2-7b-ov-hf checkpoints/llava-onevision-qwen2-0.5b-ov-hf
 #   run(kind="nvidia-h200", carry=[".devdata"], timeout_s=600, command="bash scripts/bench_device.sh")
 # STEPS picks and orders the parts (default "tests mllama staged onevision"; also probe, probe-ov:
-# scripts/vision_overlap_probe.py on Mllama / OneVision); each part gets its own timeout
+# scripts/vision_overlap_probe.py on Mllama / OneVision, and mllama-batch: the batch run without arrivals); each part gets its own timeout
 # within the call's 600 s and the parts that no longer fit are skipped (printed). Results under $OUT: one
 # <part>.log (its output), <part>.txt (the tail), <part>.json (bench.py --json) and traces.tgz (every bench's step trace:
 # `python -m pipeline.engine.step_trace DIR/steps-*.jsonl` summarises one). VLMCAP_DECODE_ATTENTION=sdpa in the
@@ -50,10 +50,12 @@ for step in ${STEPS:-tests mllama staged onevision}; do
     probe) part probe 120 220 python scripts/vision_overlap_probe.py --model-dir "$VLMCAP_SHARED_CHECKPOINTS/$MLLAMA_DIR" \
         --random-weights --image-size 1120 --images 16 --json "$OUT/probe.json" ;;
     probe-ov) part probe_ov 60 150 python scripts/vision_overlap_probe.py --skip-overlap --widths 1 --random-weights \
-        --model-dir "$VLMCAP_SHARED_CHECKPOINTS/llava-onevision-qwen2-7b-ov-hf" --json "$OUT/probe_ov.json" ;;
+        --model-dir "$VLMCAP_SHARED_CHECKPOINTS/llava-onevision-qwen2-7b-ov-hf" --image-size 768 --profile-prefill 8 \
+        --json "$OUT/probe_ov.json" ;;
+    mllama-batch) part mllama_batch 100 200 python jobs/bench.py $MLLAMA --json "$OUT/mllama_batch.json" ;;
     onevision) part onevision 120 200 python jobs/bench.py --model onevision-7b --images 128 --image-size 768 \
         --new-tokens 64 --skip-hf --small-images 0 --json "$OUT/onevision.json" ;;
-    *) echo "unknown step $step (tests, mllama, staged, onevision, probe, probe-ov)"; exit 2 ;;
+    *) echo "unknown step $step (tests, mllama, mllama-batch, staged, onevision, probe, probe-ov)"; exit 2 ;;
   esac
 done
 tar -C /tmp -czf "$OUT/traces.tgz" bench_traces

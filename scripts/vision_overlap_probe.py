@@ -8,8 +8,8 @@ step alone at each width, then both at once: the images encoded on a side stream
 images) while the decode step replays on another stream, one step after the other with a host sync per step
 (as the engine does), until the vision is done. Per (width, chunk, priorities): the vision's wall time, the decode
 steps done meanwhile and their p50/max, and the overlap's gain: (vision alone + steps x step alone) / wall.
-Then profiles: the vision tower's kernels, and one eager decode step at width 1 (kernel time vs the graphed
-step). `--skip-overlap` only profiles (any model).
+Then profiles: the vision tower's kernels, a whole admission (`--profile-prefill N`), and one eager decode step
+at width 1 (kernel time vs the graphed step). `--skip-overlap` only profiles (any model).
 """
 
 from __future__ import annotations
@@ -63,17 +63,16 @@ def overlapped(engine, media: list, width: int, chunk: int, high_priority_decode
             "step_max_ms": round(max(steps) * 1e3, 2) if steps else None}
 
 
-def synthetic_media(model_dir: str, n: int, size: int) -> list:
-    """`n` requests' media as the batch job decodes them (jobs/bench.py's synthetic PNGs)."""
-    ckpt = bench_dir(Path(model_dir))
+def synthetic_requests(ckpt: Path, n: int, size: int) -> list[tuple[list[int], object]]:
+    """`n` (prompt ids, media) as the batch job prepares them (jobs/bench.py's synthetic PNGs)."""
     codec = codec_for(ckpt, JobConfig(model=str(ckpt), input="-", output="-", prompt="Describe this image."))
-    media = []
+    out = []
     for img in synthetic_images(n, size):
         buf = io.BytesIO()
         img.save(buf, format="PNG")
-        _, blob = codec.prepare({"image": buf.getvalue()})
-        media.append(codec.unpack({"media": [blob]}, 0))
-    return media
+        ids, blob = codec.prepare({"image": buf.getvalue()})
+        out.append((ids, codec.unpack({"media": [blob]}, 0)))
+    return out
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -85,16 +84,20 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--widths", default="64,256")
     ap.add_argument("--chunks", default="16,4", help="images per vision call on the side stream")
     ap.add_argument("--skip-overlap", action="store_true")
+    ap.add_argument("--profile-prefill", type=int, default=0, help="also time and profile `runner.prefill` of "
+                    "this many requests (their images at --image-size)")
     ap.add_argument("--profile-rows", type=int, default=22)
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         sys.exit("needs a GPU")
     widths = [int(w) for w in args.widths.split(",")]
-    job = resolve_max_model_len(JobConfig(model=args.model_dir, input="-", output="-", prompt=None,
+    ckpt = bench_dir(Path(args.model_dir))  # the 7B/72B metadata dirs borrow tokenizer files from a sibling
+    job = resolve_max_model_len(JobConfig(model=str(ckpt), input="-", output="-", prompt=None,
                                           messages_column="messages", max_new_tokens=64, max_num_seqs=max(widths)))
-    cfg = EngineConfig(max_num_seqs=max(widths), max_model_len=job.max_model_len, dtype="bfloat16")
-    engine = build_engine(Path(args.model_dir), cfg, random_weights=args.random_weights)
+    slots = max(*widths, args.profile_prefill)
+    cfg = EngineConfig(max_num_seqs=slots, max_model_len=job.max_model_len, dtype="bfloat16")
+    engine = build_engine(ckpt, cfg, random_weights=args.random_weights)
     runner = engine.runner
     runner.positions.fill_(64)
     out: dict = {"model": args.model_dir, "slots": runner.num_slots, "device": torch.cuda.get_device_name()}
@@ -104,7 +107,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"[overlap] decode step alone (graphed), ms by width: {out['decode_alone_ms']}", flush=True)
         media = None
         if hasattr(runner, "_encode_batch") and not args.skip_overlap:
-            media = synthetic_media(args.model_dir, args.images, args.image_size)
+            media = [m for _, m in synthetic_requests(ckpt, args.images, args.image_size)]
             out["vision_alone_ms"] = round(statistics.median(timed(lambda: runner._encode_batch(media), 3)) * 1e3, 1)
             print(f"[overlap] vision alone, {args.images} images: {out['vision_alone_ms']} ms", flush=True)
             out["overlap"] = []
@@ -118,6 +121,16 @@ def main(argv: list[str] | None = None) -> None:
                         print(f"[overlap] {r}", flush=True)
             print(f"[overlap] profile of the vision tower ({args.images} images):\n"
                   f"{profile_table(lambda: runner._encode_batch(media), args.profile_rows)}", flush=True)
+        if args.profile_prefill:
+            reqs = synthetic_requests(ckpt, args.profile_prefill, args.image_size)
+            n = len(reqs)
+
+            def prefill():
+                return runner.prefill([ids for ids, _ in reqs], [m for _, m in reqs], list(range(n)))
+
+            out["prefill_ms"] = round(statistics.median(timed(prefill, 3)) * 1e3, 1)
+            print(f"[overlap] prefill of {n} requests: {out['prefill_ms']} ms; profile:\n"
+                  f"{profile_table(prefill, args.profile_rows)}", flush=True)
         print(f"[overlap] profile of one eager decode step at width 1:\n"
               f"{profile_table(lambda: runner.decode(1), args.profile_rows)}", flush=True)
     print(json.dumps(out))

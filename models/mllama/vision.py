@@ -16,7 +16,7 @@ pad queries over the real keys only (their keys gathered). Which tokens are pads
 tile count, so images are grouped by tile count. A one-tile image is three quarters padding: computing only
 its real queries in the first pass and gathering the real keys for the second cuts its attention ~4x
 (measured on an H200: BENCHMARKS.md); with few pads (all tiles real) every query takes the first pass and
-the pad rows are overwritten, which saves the gather.
+the 28 pad rows are overwritten by a small masked call over every key, which saves gathering K and V.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from torch import nn
 from models.mllama.config import MllamaVisionConfig
 from ops.activations import activation
 from ops.attention import attention
+from ops.fusion import fuse_linears
 
 
 class VisionAttention(nn.Module):
@@ -42,10 +43,18 @@ class VisionAttention(nn.Module):
         self.k_proj = nn.Linear(d, d, bias=False)
         self.v_proj = nn.Linear(d, d, bias=False)
         self.o_proj = nn.Linear(d, d, bias=False)
+        self.qkv = None  # fused [3d, d] weight once loaded (q/k/v weights become views of it)
+
+    def fuse_weights(self) -> None:
+        self.qkv = fuse_linears(self.q_proj, self.k_proj, self.v_proj)[0]
 
     def forward(self, x: torch.Tensor, pads: PadLayout) -> torch.Tensor:
         b, s, d = x.shape
-        q, k, v = (p(x).view(b, s, self.heads, -1).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj))
+        if self.qkv is not None:
+            qkv = F.linear(x, self.qkv).view(b, s, 3, self.heads, -1)  # one GEMM: [b, s, (q|k|v), heads, hd]
+            q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each [b, heads, s, hd]
+        else:
+            q, k, v = (p(x).view(b, s, self.heads, -1).transpose(1, 2) for p in (self.q_proj, self.k_proj, self.v_proj))
         if len(pads.groups) == 1:  # usual case: one tile count for the whole batch, no per-image copies
             out = attend(q, k, v, pads.groups[0])
         else:
@@ -62,9 +71,12 @@ def attend(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, g: PadGroup) -> to
     if g.mostly_pads:
         out = torch.empty_like(q)
         out[:, :, g.real_idx] = attention(q[:, :, g.real_idx], k, v)  # real queries see every key
+        out[:, :, g.pad_idx] = attention(q[:, :, g.pad_idx], k[:, :, g.real_idx], v[:, :, g.real_idx])
     else:
-        out = attention(q, k, v)  # exact for the real queries; the pad rows are overwritten below
-    out[:, :, g.pad_idx] = attention(q[:, :, g.pad_idx], k[:, :, g.real_idx], v[:, :, g.real_idx])
+        out = attention(q, k, v)  # exact for the real queries; the few pad rows are overwritten below
+        # masked over every key rather than over gathered real keys: gathering copied nearly all of K and V
+        # (7% of the tower's GPU time for 4-tile images on an H200); a masked kernel on 28 queries costs little
+        out[:, :, g.pad_idx] = attention(q[:, :, g.pad_idx], k, v, g.real_keys)
     return out
 
 
@@ -149,6 +161,7 @@ class PadGroup(NamedTuple):
     real_idx: torch.Tensor  # token indices of real tokens (real tiles, not the multiple-of-8 padding)
     pad_idx: torch.Tensor | None  # the others (None: no pads)
     mostly_pads: bool  # compute only the real queries in the first pass (else all, pad rows overwritten)
+    real_keys: torch.Tensor | None  # [1, 1, 1, tokens] bool, True at real tokens: the pad rows' key mask
 
 
 class PadLayout:
@@ -169,7 +182,7 @@ class PadLayout:
             images = torch.tensor([i for i, c in enumerate(counts) if c == n_tiles])
             self.groups.append(PadGroup(images.to(device), (~is_pad).nonzero()[:, 0].to(device),
                                         is_pad.nonzero()[:, 0].to(device) if pads else None,
-                                        4 * pads >= token.numel()))
+                                        4 * pads >= token.numel(), (~is_pad).view(1, 1, 1, -1).to(device)))
 
 
 class MllamaVisionModel(nn.Module):
@@ -192,8 +205,12 @@ class MllamaVisionModel(nn.Module):
         n, tiles, c, hgt, wid = pixel_values.shape
         d = self.cfg.hidden_size
         dtype = self.patch_embedding.weight.dtype
-        x = self.patch_embedding(pixel_values.reshape(n * tiles, c, hgt, wid).to(dtype))
-        x = x.flatten(2).transpose(1, 2)  # [n*tiles, patches, d]
+        p = self.cfg.patch_size
+        # the stride-p convolution as one GEMM over unfolded patches (cuDNN ran it as a slow implicit GEMM:
+        # 1% of the tower's time on an H200); patches in row-major order, features in the weight's (c, y, x)
+        patches = pixel_values.reshape(n * tiles, c, hgt // p, p, wid // p, p).permute(0, 2, 4, 1, 3, 5)
+        x = F.linear(patches.reshape(n * tiles, (hgt // p) * (wid // p), c * p * p).to(dtype),
+                     self.patch_embedding.weight.view(d, -1))  # [n*tiles, patches, d]
         x = self.pre_tile_positional_embedding(x.view(n, tiles, -1, d), aspect_ratio_ids)
         cls = self.class_embedding.to(x.dtype).expand(n, tiles, 1, d)
         x = torch.cat([cls, x], dim=2)  # [n, tiles, P, d]
@@ -209,6 +226,11 @@ class MllamaVisionModel(nn.Module):
         x = self.post_tile_positional_embedding(x, aspect_ratio_ids)
         x, _ = self.global_transformer(x.reshape(n, tiles * padded, d), pads)
 
-        inter = torch.stack(kept, dim=-1).reshape(n, tiles, padded, -1)  # (hidden, layer) interleaved
-        out = torch.cat([x.view(n, tiles, padded, d), inter], dim=-1)
-        return out[:, :, :real]
+        # [final state | kept states interleaved as (hidden, layer)], written in place: stacking on a new last
+        # axis, concatenating and slicing off the padding cost three copies of this 1.3 GB (16 4-tile images)
+        out = x.new_empty(n, tiles, real, d * (1 + len(kept)))
+        out[..., :d] = x.view(n, tiles, padded, d)[:, :, :real]
+        inter = out[..., d:].view(n, tiles, real, d, len(kept))
+        for j, state in enumerate(kept):
+            inter[..., j] = state.view(n, tiles, padded, d)[:, :, :real]
+        return out

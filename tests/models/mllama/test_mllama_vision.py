@@ -17,7 +17,8 @@ def test_two_unmasked_passes_equal_the_reference_mask(mostly_pads):
     is_pad = torch.zeros(tokens, dtype=torch.bool)
     is_pad[7:8] = is_pad[15:16] = True  # the multiple-of-8 padding of two real tiles
     is_pad[16:] = True  # three padding tiles
-    group = PadGroup(torch.arange(n), (~is_pad).nonzero()[:, 0], is_pad.nonzero()[:, 0], mostly_pads)
+    group = PadGroup(torch.arange(n), (~is_pad).nonzero()[:, 0], is_pad.nonzero()[:, 0], mostly_pads,
+                     (~is_pad).view(1, 1, 1, -1))
     allowed = ~(is_pad[:, None] & is_pad[None, :])  # [queries, keys]
     want = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
     assert torch.allclose(attend(q, k, v, group), want, atol=1e-12)
