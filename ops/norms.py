@@ -13,11 +13,21 @@ from torch import nn
 from ops.fusion import cuda_compiled
 
 
-@cuda_compiled
-def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
     x32 = x.float()
     x32 = x32 * torch.rsqrt(x32.pow(2).mean(-1, keepdim=True) + eps)
     return weight * x32.to(x.dtype)
+
+
+rms_norm = cuda_compiled(_rms_norm)
+
+
+@cuda_compiled
+def add_rms_norm(x: torch.Tensor, h: torch.Tensor, weight: torch.Tensor, eps: float
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """(x + h, rms_norm(x + h)): a residual add fused into the norm that follows it (one kernel on a GPU)."""
+    x = x + h
+    return x, _rms_norm(x, weight, eps)
 
 
 class RMSNorm(nn.Module):
@@ -28,3 +38,11 @@ class RMSNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return rms_norm(x, self.weight, self.eps)
+
+    def add(self, x: torch.Tensor, h: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The residual stream `x` plus a branch's pending output `h` (None: nothing pending), and its norm.
+        Decoders hand each branch's output to the next norm instead of adding it at once, which saves an
+        elementwise kernel per branch in the decode step (launch-bound at small batches)."""
+        if h is None:
+            return x, rms_norm(x, self.weight, self.eps)
+        return add_rms_norm(x, h, self.weight, self.eps)

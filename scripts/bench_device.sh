@@ -6,16 +6,18 @@
 #       checkpoints/llava-onevision-qwen2-7b-ov-hf checkpoints/llava-onevision-qwen2-0.5b-ov-hf
 #   run(kind="nvidia-h200", carry=[".devdata"], timeout_s=600, command="bash scripts/bench_device.sh")
 # STEPS picks and orders the parts (default "tests mllama staged onevision"; also probe, probe-ov:
-# scripts/vision_overlap_probe.py on Mllama / OneVision, and mllama-batch: the batch run without arrivals); each part gets its own timeout
-# within the call's 600 s and the parts that no longer fit are skipped (printed). Results under $OUT: one
-# <part>.log (its output), <part>.txt (the tail), <part>.json (bench.py --json) and traces.tgz (every bench's step trace:
-# `python -m pipeline.engine.step_trace DIR/steps-*.jsonl` summarises one). VLMCAP_DECODE_ATTENTION=sdpa in the
+# scripts/vision_overlap_probe.py on Mllama / OneVision, and mllama-batch: the batch run without arrivals); each
+# part gets its own timeout within the call's 600 s and the parts that no longer fit are skipped (printed).
+# Results under $OUT (the device returns only a few files): results.tgz with bench_logs/ (summary.txt, each
+# part's <part>.log and <part>.json) and bench_traces/ (every bench's step trace: `python -m
+# pipeline.engine.step_trace DIR/steps-*.jsonl` summarises one). VLMCAP_DECODE_ATTENTION=sdpa in the
 # environment reruns everything on SDPA's decode attention (A/B).
 set -uo pipefail
 R=$(cd "$(dirname "$0")/.." && pwd)
 cd "$R"
 OUT=${OUT:-/tmp/bench_out}
-mkdir -p "$OUT" /tmp/vshared /tmp/bench_traces
+LOGS=/tmp/bench_logs  # one tarball comes back: the device returns only a few files
+mkdir -p "$OUT" /tmp/vshared /tmp/bench_traces $LOGS
 export PYTHONUNBUFFERED=1
 t0=$(date +%s)
 [ -d /tmp/vshared/checkpoints ] || tar -C /tmp/vshared -xJf .devdata/ckpt.tar.xz
@@ -29,34 +31,33 @@ part() {  # name, seconds it needs, seconds it may take at most, command...
   shift 3
   local left=$(( 585 - ($(date +%s) - t0) ))
   if (( left < need )); then
-    echo "== $name skipped: $left s left, needs ~$need" | tee -a "$OUT/summary.txt"
+    echo "== $name skipped: $left s left, needs ~$need" | tee -a "$LOGS/summary.txt"
     return
   fi
   local s=$(date +%s)
-  timeout "$(( left < cap ? left : cap ))" "$@" > "$OUT/$name.log" 2>&1
+  timeout "$(( left < cap ? left : cap ))" "$@" > "$LOGS/$name.log" 2>&1
   local rc=$?
-  tail -25 "$OUT/$name.log" > "$OUT/$name.txt"
-  echo "== $name rc $rc in $(( $(date +%s) - s )) s" | tee -a "$OUT/summary.txt"
-  tail -8 "$OUT/$name.txt"
+  echo "== $name rc $rc in $(( $(date +%s) - s )) s" | tee -a "$LOGS/summary.txt"
+  tail -8 "$LOGS/$name.log"
 }
 
 for step in ${STEPS:-tests mllama staged onevision}; do
   case $step in
     tests) part tests 90 200 python -m pytest -q -p no:cacheprovider tests/gpu --ignore=tests/gpu/test_tp_nccl.py ;;
     mllama) part mllama 150 240 python jobs/bench.py $MLLAMA $ARRIVALS --step-trace /tmp/bench_traces/mllama \
-        --json "$OUT/mllama.json" ;;
+        --json "$LOGS/mllama.json" ;;
     staged) part staged 150 240 python jobs/bench.py $MLLAMA $ARRIVALS --max-decode-stall-ms 130 \
-        --stage-vision-images 2 --step-trace /tmp/bench_traces/staged --json "$OUT/staged.json" ;;
+        --stage-vision-images 2 --step-trace /tmp/bench_traces/staged --json "$LOGS/staged.json" ;;
     probe) part probe 120 220 python scripts/vision_overlap_probe.py --model-dir "$VLMCAP_SHARED_CHECKPOINTS/$MLLAMA_DIR" \
-        --random-weights --image-size 1120 --images 16 --json "$OUT/probe.json" ;;
+        --random-weights --image-size 1120 --images 16 --json "$LOGS/probe.json" ;;
     probe-ov) part probe_ov 60 150 python scripts/vision_overlap_probe.py --skip-overlap --widths 1 --random-weights \
         --model-dir "$VLMCAP_SHARED_CHECKPOINTS/llava-onevision-qwen2-7b-ov-hf" --image-size 768 --profile-prefill 8 \
-        --json "$OUT/probe_ov.json" ;;
-    mllama-batch) part mllama_batch 100 200 python jobs/bench.py $MLLAMA --json "$OUT/mllama_batch.json" ;;
+        --json "$LOGS/probe_ov.json" ;;
+    mllama-batch) part mllama_batch 100 200 python jobs/bench.py $MLLAMA --json "$LOGS/mllama_batch.json" ;;
     onevision) part onevision 120 200 python jobs/bench.py --model onevision-7b --images 128 --image-size 768 \
-        --new-tokens 64 --skip-hf --small-images 0 --json "$OUT/onevision.json" ;;
+        --new-tokens 64 --skip-hf --small-images 0 --json "$LOGS/onevision.json" ;;
     *) echo "unknown step $step (tests, mllama, mllama-batch, staged, onevision, probe, probe-ov)"; exit 2 ;;
   esac
 done
-tar -C /tmp -czf "$OUT/traces.tgz" bench_traces
-echo "total $(( $(date +%s) - t0 )) s" | tee -a "$OUT/summary.txt"
+echo "total $(( $(date +%s) - t0 )) s" | tee -a "$LOGS/summary.txt"
+tar -C /tmp -czf "$OUT/results.tgz" bench_logs bench_traces

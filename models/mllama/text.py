@@ -135,9 +135,11 @@ class SelfAttentionDecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
 
-    def forward(self, x, rope, attn: SelfAttention, cross: CrossAttentionInputs | None) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), rope, attn)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def forward(self, x, pending, rope, attn: SelfAttention, cross: CrossAttentionInputs | None):
+        """-> (residual stream, this layer's MLP output still to be added: the next norm adds it)."""
+        x, h = self.input_layernorm.add(x, pending)
+        x, h = self.post_attention_layernorm.add(x, self.self_attn(h, rope, attn))
+        return x, self.mlp(h)
 
 
 class CrossAttentionDecoderLayer(nn.Module):
@@ -151,14 +153,14 @@ class CrossAttentionDecoderLayer(nn.Module):
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
         self.cross_attn_mlp_gate = nn.Parameter(torch.zeros(1))
 
-    def forward(self, x, rope, attn: SelfAttention, cross: CrossAttentionInputs | None) -> torch.Tensor:
+    def forward(self, x, pending, rope, attn: SelfAttention, cross: CrossAttentionInputs | None):
         if cross is None:  # no row of this batch has an image
-            return x
+            return x, pending
         k, v = cross.kv[self.layer_idx]
-        h = self.cross_attn(self.input_layernorm(x), k, v, cross.mask)
-        x = x + cross.has_image * self.cross_attn_attn_gate.tanh() * h
-        h = self.mlp(self.post_attention_layernorm(x)) * cross.row_gate
-        return x + self.cross_attn_mlp_gate.tanh() * h
+        x, h = self.input_layernorm.add(x, pending)
+        h = self.cross_attn(h, k, v, cross.mask)
+        x, h = self.post_attention_layernorm.add(x, cross.has_image * self.cross_attn_attn_gate.tanh() * h)
+        return x, self.cross_attn_mlp_gate.tanh() * (self.mlp(h) * cross.row_gate)
 
 
 class MllamaTextModel(nn.Module):
@@ -188,9 +190,10 @@ class MllamaTextModel(nn.Module):
                 cross: CrossAttentionInputs | None = None) -> torch.Tensor:
         x = self.embed_tokens(input_ids)
         rope = self.rotary_emb(positions, x.dtype)
+        pending = None  # a layer's last branch output, added to the residual stream by the next norm
         for layer in self.layers:
-            x = layer(x, rope, attn, cross)
-        return self.norm(x)
+            x, pending = layer(x, pending, rope, attn, cross)
+        return self.norm.add(x, pending)[1]
 
 
 class MllamaForCausalLM(nn.Module):

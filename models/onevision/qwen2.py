@@ -97,9 +97,12 @@ class Qwen2DecoderLayer(nn.Module):
         self.input_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
         self.post_attention_layernorm = RMSNorm(cfg.hidden_size, eps=cfg.rms_norm_eps)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], attn: SelfAttention) -> torch.Tensor:
-        x = x + self.self_attn(self.input_layernorm(x), rope, attn)
-        return x + self.mlp(self.post_attention_layernorm(x))
+    def forward(self, x: torch.Tensor, pending: torch.Tensor | None, rope: tuple[torch.Tensor, torch.Tensor],
+                attn: SelfAttention) -> tuple[torch.Tensor, torch.Tensor]:
+        """-> (residual stream, this layer's MLP output still to be added: the next norm adds it)."""
+        x, h = self.input_layernorm.add(x, pending)
+        x, h = self.post_attention_layernorm.add(x, self.self_attn(h, rope, attn))
+        return x, self.mlp(h)
 
 
 class Qwen2Model(nn.Module):
@@ -118,9 +121,10 @@ class Qwen2Model(nn.Module):
             raise ValueError("pass exactly one of input_ids or inputs_embeds")
         x = self.embed_tokens(input_ids) if inputs_embeds is None else inputs_embeds
         rope = self.rotary_emb(positions, x.dtype)
+        pending = None
         for layer in self.layers:
-            x = layer(x, rope, attn)
-        return self.norm(x)
+            x, pending = layer(x, pending, rope, attn)
+        return self.norm.add(x, pending)[1]
 
 
 class Qwen2ForCausalLM(nn.Module):
