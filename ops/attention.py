@@ -40,6 +40,11 @@ def attention(
             # reshape, not view: some SDPA backends (the fp32/fp16 ones on CUDA) return a non-contiguous
             # [b, hkv, groups, d] result, which cannot be viewed as [b, hq, 1, d].
             return out.reshape(b, hq, 1, d)
+        if q.is_cuda and mask is None and q.dtype in (torch.float16, torch.bfloat16):
+            # The flash-class kernels read each K/V head for its whole query group: no copies of K and V per
+            # group (OneVision-7B's 8-request prefill on an H200: 750 -> 733 ms). Only unmasked half-precision
+            # calls: elsewhere SDPA's only GQA-capable backend is its math one, which materialises the scores.
+            return F.scaled_dot_product_attention(q, k, v, scale=scale, is_causal=causal, enable_gqa=True)
         k = k.repeat_interleave(groups, dim=1)
         v = v.repeat_interleave(groups, dim=1)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, scale=scale, is_causal=causal)

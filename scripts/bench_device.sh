@@ -53,10 +53,12 @@ for step in ${STEPS:-tests mllama staged onevision}; do
     probe-ov) part probe_ov 60 150 python scripts/vision_overlap_probe.py --skip-overlap --widths 1 --random-weights \
         --model-dir "$VLMCAP_SHARED_CHECKPOINTS/llava-onevision-qwen2-7b-ov-hf" --image-size 768 --profile-prefill 8 \
         --json "$LOGS/probe_ov.json" ;;
+    tests-ov) part tests_ov 40 150 python -m pytest -q -p no:cacheprovider tests/gpu/test_onevision_bf16.py \
+        tests/gpu/test_engine_graphs.py -k onevision ;;
     mllama-batch) part mllama_batch 100 200 python jobs/bench.py $MLLAMA --json "$LOGS/mllama_batch.json" ;;
     onevision) part onevision 120 200 python jobs/bench.py --model onevision-7b --images 128 --image-size 768 \
         --new-tokens 64 --skip-hf --small-images 0 --json "$LOGS/onevision.json" ;;
-    *) echo "unknown step $step (tests, mllama, mllama-batch, staged, onevision, probe, probe-ov)"; exit 2 ;;
+    *) echo "unknown step $step (tests, tests-ov, mllama, mllama-batch, staged, onevision, probe, probe-ov)"; exit 2 ;;
   esac
 done
 echo "total $(( $(date +%s) - t0 )) s" | tee -a "$LOGS/summary.txt"
