@@ -2,7 +2,10 @@
 
 `RMSNorm` follows the Llama/Qwen2 convention exactly: the statistic is taken in fp32, the normalised
 activations are cast back to the input dtype, and only then multiplied by the weight. Changing that order
-changes bf16 results, so keep it. LayerNorm is torch's own (`nn.LayerNorm`).
+changes bf16 results, so keep it. `RMSNorm.add(x, h)` also adds a pending residual branch first (decoders
+use it so that each residual add shares the norm's kernel on a GPU; there the compiled kernel normalises the
+fp32 sum before rounding it, which can differ from eager bf16 by an ulp). LayerNorm is torch's own
+(`nn.LayerNorm`).
 """
 
 from __future__ import annotations

@@ -7,10 +7,10 @@ slot, token t of that sequence lives at index t. Two backends implement ops.atte
   over the fresh k/v (right padding is never seen by real queries), then k/v are written to [0, S) of each
   slot; padding garbage past a prompt's end is overwritten by decode before anything attends to it.
 - `SlotDecode`: one new token for each of the first B slots (row b = slot b), at cache index
-  `positions[b]`. Written with index_put, attended with a key mask `idx <= positions[b]` (on a GPU the
-  decode kernel writes them itself). Every shape is
+  `positions[b]`. Written with index_put, attended with a key mask `idx <= positions[b]`. Every shape is
   fixed by B, so the whole step can be captured in a CUDA graph and replayed with new positions. On a GPU
-  the split-key kernel (ops/decode_attention.py) reads only keys [0, position] of each slot, not max_len.
+  the split-key kernel (ops/decode_attention.py) writes the new k/v itself and reads only keys
+  [0, position] of each slot, not max_len.
   (ops.attention folds grouped-query heads into the query axis, so the cache is never repeated per head.)
 """
 

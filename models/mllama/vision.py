@@ -11,8 +11,8 @@ reference's attention mask only forbids pad->pad pairs (real tokens do attend to
 tiles), and it is the same mask for the local and the gated global encoder.
 
 Speed: the reference builds that mask densely, which halves SDPA speed (PERF_NOTES.md). The ViT has no
-RoPE, so we split attention instead, unmasked both times (the fast kernels): real queries over every key,
-pad queries over the real keys only (their keys gathered). Which tokens are pads depends only on an image's
+RoPE, so we split attention instead: real queries over every key, unmasked (the fast kernels), then the pad
+queries over the real keys only. Which tokens are pads depends only on an image's
 tile count, so images are grouped by tile count. A one-tile image is three quarters padding: computing only
 its real queries in the first pass and gathering the real keys for the second cuts its attention ~4x
 (measured on an H200: BENCHMARKS.md); with few pads (all tiles real) every query takes the first pass and
@@ -161,7 +161,7 @@ class PadGroup(NamedTuple):
     real_idx: torch.Tensor  # token indices of real tokens (real tiles, not the multiple-of-8 padding)
     pad_idx: torch.Tensor | None  # the others (None: no pads)
     mostly_pads: bool  # compute only the real queries in the first pass (else all, pad rows overwritten)
-    real_keys: torch.Tensor | None  # [1, 1, 1, tokens] bool, True at real tokens: the pad rows' key mask
+    real_keys: torch.Tensor  # [1, 1, 1, tokens] bool, True at real tokens: the pad rows' key mask
 
 
 class PadLayout:
