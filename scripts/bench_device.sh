@@ -6,7 +6,9 @@
 #       checkpoints/llava-onevision-qwen2-7b-ov-hf checkpoints/llava-onevision-qwen2-0.5b-ov-hf
 #   run(kind="nvidia-h200", carry=[".devdata"], timeout_s=600, command="bash scripts/bench_device.sh")
 # STEPS picks and orders the parts (default "tests mllama staged onevision"; also probe, probe-ov:
-# scripts/vision_overlap_probe.py on Mllama / OneVision, and mllama-batch: the batch run without arrivals); each
+# scripts/vision_overlap_probe.py on Mllama / OneVision; mllama-batch: the batch run without arrivals; pipeline:
+# Ray Data end to end against the engine alone, which needs `bash ../shared/device/pack.sh` and .devpkgs carried
+# too, with .devdata holding only the Llama checkpoint's metadata to stay under 64 MiB); each
 # part gets its own timeout within the call's 600 s and the parts that no longer fit are skipped (printed).
 # Results under $OUT (the device returns only a few files): results.tgz with bench_logs/ (summary.txt, each
 # part's <part>.log and <part>.json) and bench_traces/ (every bench's step trace: `python -m
@@ -56,9 +58,14 @@ for step in ${STEPS:-tests mllama staged onevision}; do
     tests-ov) part tests_ov 40 150 python -m pytest -q -p no:cacheprovider tests/gpu/test_onevision_bf16.py \
         tests/gpu/test_engine_graphs.py -k onevision ;;
     mllama-batch) part mllama_batch 100 200 python jobs/bench.py $MLLAMA --json "$LOGS/mllama_batch.json" ;;
+    pipeline)  # criterion 4: Ray Data end to end against the engine alone (BENCHMARKS.md); needs .devpkgs (Ray)
+      part pipeline 300 420 bash -c 'bash .devpkgs/install.sh > /dev/null && export PYTHONPATH=/tmp/site:${PYTHONPATH:-} \
+        && python jobs/bench_pipeline.py --model mllama-11b --images 1024 --image-size 1120 --new-tokens 64 \
+           --batches-in-flight 16 && python jobs/bench.py --model mllama-11b --images 1024 --image-size 1120 \
+           --new-tokens 64 --skip-hf' ;;
     onevision) part onevision 120 200 python jobs/bench.py --model onevision-7b --images 128 --image-size 768 \
         --new-tokens 64 --skip-hf --small-images 0 --json "$LOGS/onevision.json" ;;
-    *) echo "unknown step $step (tests, tests-ov, mllama, mllama-batch, staged, onevision, probe, probe-ov)"; exit 2 ;;
+    *) echo "unknown step $step (tests, tests-ov, mllama, mllama-batch, staged, onevision, probe, probe-ov, pipeline)"; exit 2 ;;
   esac
 done
 echo "total $(( $(date +%s) - t0 )) s" | tee -a "$LOGS/summary.txt"
