@@ -26,7 +26,8 @@ t0=$(date +%s)
 export VLMCAP_SHARED_CHECKPOINTS=/tmp/vshared/checkpoints
 ARRIVALS="--arrival-rate 14 --arrival-requests 1024 --arrival-new-tokens 256"
 MLLAMA_DIR=Llama-3.2-11B-Vision-Instruct
-MLLAMA="--model mllama-11b --images 256 --image-size 1120 --new-tokens 64 --skip-hf --small-images 0"
+HF=${HF---skip-hf}  # HF= (empty) runs HF transformers in the same bench (the issue's tables want it; +1-2 min each)
+MLLAMA="--model mllama-11b --images 256 --image-size 1120 --new-tokens 64 $HF --small-images 0"
 
 part() {  # name, seconds it needs, seconds it may take at most, command...
   local name=$1 need=$2 cap=$3
@@ -64,7 +65,7 @@ for step in ${STEPS:-tests mllama staged onevision}; do
            --batches-in-flight 16 && python jobs/bench.py --model mllama-11b --images 1024 --image-size 1120 \
            --new-tokens 64 --skip-hf' ;;
     onevision) part onevision 120 200 python jobs/bench.py --model onevision-7b --images 128 --image-size 768 \
-        --new-tokens 64 --skip-hf --small-images 0 --json "$LOGS/onevision.json" ;;
+        --new-tokens 64 $HF --small-images 0 --json "$LOGS/onevision.json" ;;
     *) echo "unknown step $step (tests, tests-ov, mllama, mllama-batch, staged, onevision, probe, probe-ov, pipeline)"; exit 2 ;;
   esac
 done
