@@ -65,7 +65,7 @@ for step in ${STEPS:-tests mllama staged onevision}; do
            --batches-in-flight 16 && python jobs/bench.py --model mllama-11b --images 1024 --image-size 1120 \
            --new-tokens 64 --skip-hf' ;;
     onevision) part onevision 120 200 python jobs/bench.py --model onevision-7b --images 128 --image-size 768 \
-        --new-tokens 64 $HF --small-images 0 --json "$LOGS/onevision.json" ;;
+        --new-tokens 64 $HF --hf-images 32 --hf-batch 8 --small-images 0 --json "$LOGS/onevision.json" ;;
     *) echo "unknown step $step (tests, tests-ov, mllama, mllama-batch, staged, onevision, probe, probe-ov, pipeline)"; exit 2 ;;
   esac
 done
