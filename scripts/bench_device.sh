@@ -58,13 +58,13 @@ for step in ${STEPS:-tests mllama staged onevision}; do
         --json "$LOGS/probe_ov.json" ;;
     tests-ov) part tests_ov 40 150 python -m pytest -q -p no:cacheprovider tests/gpu/test_onevision_bf16.py \
         tests/gpu/test_engine_graphs.py -k onevision ;;
-    mllama-batch) part mllama_batch 100 200 python jobs/bench.py $MLLAMA --json "$LOGS/mllama_batch.json" ;;
+    mllama-batch) part mllama_batch 100 300 python jobs/bench.py $MLLAMA --json "$LOGS/mllama_batch.json" ;;
     pipeline)  # criterion 4: Ray Data end to end against the engine alone (BENCHMARKS.md); needs .devpkgs (Ray)
       part pipeline 300 420 bash -c 'bash .devpkgs/install.sh > /dev/null && export PYTHONPATH=/tmp/site:${PYTHONPATH:-} \
         && python jobs/bench_pipeline.py --model mllama-11b --images 1024 --image-size 1120 --new-tokens 64 \
            --batches-in-flight 16 && python jobs/bench.py --model mllama-11b --images 1024 --image-size 1120 \
            --new-tokens 64 --skip-hf' ;;
-    onevision) part onevision 120 200 python jobs/bench.py --model onevision-7b --images 128 --image-size 768 \
+    onevision) part onevision 120 300 python jobs/bench.py --model onevision-7b --images 128 --image-size 768 \
         --new-tokens 64 $HF --hf-images 32 --hf-batch 8 --small-images 0 --json "$LOGS/onevision.json" ;;
     *) echo "unknown step $step (tests, tests-ov, mllama, mllama-batch, staged, onevision, probe, probe-ov, pipeline)"; exit 2 ;;
   esac
