@@ -32,6 +32,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ops import wire
+from ops.gemv import linear
 
 
 @dataclass(frozen=True)
@@ -137,6 +138,9 @@ class ColumnParallelLinear(nn.Linear):
     def load_shard(self, leaf: str, param: torch.Tensor, slice_: Any) -> None:
         param.copy_(slice_[self.rows[0]: self.rows[1]])
 
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return linear(x, self.weight, self.bias)
+
 
 class RowParallelLinear(nn.Linear):
     """y = sum over ranks of x[..., cols] @ W[:, cols].T, then + b: input features `cols` live here."""
@@ -155,8 +159,8 @@ class RowParallelLinear(nn.Linear):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.ctx.world_size == 1:
-            return F.linear(x, self.weight, self.bias)
-        y = self.ctx.all_reduce(F.linear(x, self.weight))
+            return linear(x, self.weight, self.bias)
+        y = self.ctx.all_reduce(linear(x, self.weight))
         return y if self.bias is None else y + self.bias
 
 
@@ -198,7 +202,7 @@ class ParallelLMHead(nn.Linear):
         load_rows(param, slice_, self.start, self.read_rows)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        logits = F.linear(x, self.weight)
+        logits = linear(x, self.weight)
         if self.ctx.world_size == 1:
             return logits
         return self.ctx.all_gather(logits, dim=-1)[..., : self.vocab]

@@ -56,6 +56,14 @@ for step in ${STEPS:-tests mllama staged onevision}; do
     probe-ov) part probe_ov 60 150 python scripts/vision_overlap_probe.py --skip-overlap --widths 1 --random-weights \
         --model-dir "$VLMCAP_SHARED_CHECKPOINTS/llava-onevision-qwen2-7b-ov-hf" --image-size 768 --profile-prefill 8 \
         --json "$LOGS/probe_ov.json" ;;
+    gemv) part gemv 60 200 bash -c 'python scripts/gemv_bench.py --rows 1 --json /tmp/bench_logs/gemv_grid.json \
+        && python scripts/gemv_bench.py --quick --rows 2 4 8 16 --json /tmp/bench_logs/gemv_rows.json' ;;
+    b1-mllama|b1-onevision)  # the batch-1 decode step without and with ops.gemv (short runs: 32 images)
+      m=${step#b1-}
+      if [ "$m" = mllama ]; then model=mllama-11b size=1120; else model=onevision-7b size=768; fi
+      part "b1_$m" 100 220 bash -c "for g in off on; do VLMCAP_GEMV=\$g python jobs/bench.py --model $model \
+        --images 32 --image-size $size --new-tokens 64 --skip-hf --small-images 0 \
+        --json $LOGS/b1_${m}_\$g.json | grep -A4 images/s; done" ;;
     tests-ov) part tests_ov 40 150 python -m pytest -q -p no:cacheprovider tests/gpu/test_onevision_bf16.py \
         tests/gpu/test_engine_graphs.py -k onevision ;;
     mllama-batch) part mllama_batch 100 300 python jobs/bench.py $MLLAMA --json "$LOGS/mllama_batch.json" ;;
@@ -66,7 +74,7 @@ for step in ${STEPS:-tests mllama staged onevision}; do
            --new-tokens 64 --skip-hf' ;;
     onevision) part onevision 120 300 python jobs/bench.py --model onevision-7b --images 128 --image-size 768 \
         --new-tokens 64 $HF --hf-images 32 --hf-batch 8 --small-images 0 --json "$LOGS/onevision.json" ;;
-    *) echo "unknown step $step (tests, tests-ov, mllama, mllama-batch, staged, onevision, probe, probe-ov, pipeline)"; exit 2 ;;
+    *) echo "unknown step $step (tests, tests-ov, mllama, mllama-batch, staged, onevision, probe, probe-ov, pipeline, gemv, b1-mllama, b1-onevision)"; exit 2 ;;
   esac
 done
 echo "total $(( $(date +%s) - t0 )) s" | tee -a "$LOGS/summary.txt"

@@ -20,13 +20,13 @@ so a tied lm_head simply uses this rank's embedding shard. `heads`/`kv_heads` ar
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from models.onevision.config import Qwen2Config
 from ops.activations import activation, silu_mul
 from ops.attention import SelfAttention
 from ops.fusion import fuse_linears
+from ops.gemv import linear
 from ops.norms import RMSNorm
 from ops.parallel import (
     SINGLE,
@@ -56,7 +56,7 @@ class Qwen2MLP(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.gate_up is not None:
-            return self.down_proj(silu_mul(F.linear(x, self.gate_up)))
+            return self.down_proj(silu_mul(linear(x, self.gate_up)))
         return self.down_proj(self.act(self.gate_proj(x)) * self.up_proj(x))
 
 
@@ -78,7 +78,7 @@ class Qwen2Attention(nn.Module):
     def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor], attn: SelfAttention) -> torch.Tensor:
         b, s, _ = x.shape
         if self.qkv is not None:
-            q, k, v = F.linear(x, self.qkv, self.qkv_bias).split(self.qkv_sizes, dim=-1)
+            q, k, v = linear(x, self.qkv, self.qkv_bias).split(self.qkv_sizes, dim=-1)
         else:
             q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
         q = q.view(b, s, self.heads, self.head_dim).transpose(1, 2)
