@@ -1,19 +1,23 @@
-"""Linear layers for a few rows (batch-1/small-batch decode): a weight-streaming Triton GEMV.
+"""Wide linear layers for a few rows (small-batch decode): a weight-streaming Triton GEMV.
 
     y = linear(x, weight, bias)    # x [..., K], weight [N, K], bias [N] or None -> [..., N]
 
 Why: a decode step at batch 1 reads every weight once and does ~1 FLOP per byte, so it is bound by how fast
-the GEMMs stream weights. cuBLAS runs these shapes as split-K GEMMs (a reduction kernel after most of them:
-88 extra launches per Mllama-11B step) and streamed 3.6-3.8 TB/s on an H200 (PERF_NOTES.md; our step
-profile, BENCHMARKS.md session 14). Here each program owns BLOCK_N output features over the whole K: it
-reads its [BLOCK_N, K] weight rows once, in BLOCK_K-wide tiles, and multiplies them with all (at most
-MAX_ROWS) input rows on the tensor cores (rows padded to 16, which costs nothing where bytes bound the
-time); fp32 accumulation, one store, no second kernel, deterministic.
+the GEMMs stream weights. Each program here owns BLOCK_N output features over the whole K: it reads its
+[BLOCK_N, K] weight rows once, in BLOCK_K-wide tiles, and multiplies them with all (at most MAX_ROWS) input
+rows on the tensor cores (rows padded to 16, free where bytes bound the time); fp32 accumulation, one
+store, no split-K reduction, deterministic.
 
-`linear` takes this path for CUDA fp16/bf16 inputs with at most MAX_ROWS rows (CUDA-graph-safe: shapes
-and the config are fixed per call site) and falls back to `F.linear` elsewhere, and where Triton cannot
-build the kernel on the device (checked once, with a warning). `VLMCAP_GEMV=off` turns it off (A/B runs).
-Under `TRITON_INTERPRET=1` the kernel also runs on CPU tensors (the CPU tests do that).
+Where it wins (scripts/gemv_bench.py on an H200, weights never in L2, BENCHMARKS.md session 15): only the
+wide layers, N >= MIN_FEATURES, where N / BLOCK_N programs keep every SM streaming: OneVision-7B's gate_up
+(N 37,888) 66.5 us vs cuBLAS 71.5 (4.09 vs 3.80 TB/s) and both lm_heads (4.42-4.45 vs 4.22 TB/s), at 1-16
+rows. Narrow layers (N 3,584-6,144) need split-K for enough parallelism: there this kernel took 1.5-2.5x
+cuBLAS's time, and routing every decode linear through it made Mllama-11B's batch-1 step 5.87 -> 6.27 ms.
+
+`linear` takes this path for CUDA fp16/bf16 inputs with at most MAX_ROWS rows and N >= MIN_FEATURES
+(CUDA-graph-safe: shapes and the config are fixed per call site) and falls back to `F.linear` elsewhere, and
+where Triton cannot build the kernel on the device (checked once, with a warning). `VLMCAP_GEMV=off` turns it
+off (A/B runs). Under `TRITON_INTERPRET=1` the kernel also runs on CPU tensors, at any N (the CPU tests).
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ import torch.nn.functional as F
 log = logging.getLogger(__name__)
 
 MAX_ROWS = 16  # input rows one call serves (the tensor-core tile's M); more rows go to cuBLAS
+MIN_FEATURES = 32768  # narrower layers go to cuBLAS (see above)
 
 
 def _interpreting() -> bool:
@@ -67,8 +72,7 @@ def _kernel():
 
 
 def default_block_n(n: int) -> int:
-    """Output features per program: enough programs in flight to keep every SM streaming (>= ~2 per SM on
-    an H200's 132) without making tiny programs for the wide layers (MLP, lm_head)."""
+    """Output features per program (the best or within 1% of it for the wide layers in the bench's grid)."""
     return 16 if n <= 16384 else 32
 
 
@@ -76,6 +80,7 @@ def available(x: torch.Tensor, weight: torch.Tensor) -> bool:
     rows = x.numel() // max(x.shape[-1], 1)
     return (os.environ.get("VLMCAP_GEMV", "on") != "off"
             and 0 < rows <= MAX_ROWS
+            and (weight.shape[0] >= MIN_FEATURES or _interpreting())
             and (x.is_cuda or _interpreting())
             and x.dtype == weight.dtype
             and (x.dtype in (torch.float16, torch.bfloat16) or (x.dtype == torch.float32 and _interpreting()))

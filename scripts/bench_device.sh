@@ -56,7 +56,7 @@ for step in ${STEPS:-tests mllama staged onevision}; do
     probe-ov) part probe_ov 60 150 python scripts/vision_overlap_probe.py --skip-overlap --widths 1 --random-weights \
         --model-dir "$VLMCAP_SHARED_CHECKPOINTS/llava-onevision-qwen2-7b-ov-hf" --image-size 768 --profile-prefill 8 \
         --json "$LOGS/probe_ov.json" ;;
-    gemv) part gemv 60 200 bash -c 'python scripts/gemv_bench.py --rows 1 --json /tmp/bench_logs/gemv_grid.json \
+    gemv) part gemv 60 200 env PYTHONPATH=. bash -c 'python scripts/gemv_bench.py --rows 1 --json /tmp/bench_logs/gemv_grid.json \
         && python scripts/gemv_bench.py --quick --rows 2 4 8 16 --json /tmp/bench_logs/gemv_rows.json' ;;
     b1-mllama|b1-onevision)  # the batch-1 decode step without and with ops.gemv (short runs: 32 images)
       m=${step#b1-}
@@ -64,7 +64,7 @@ for step in ${STEPS:-tests mllama staged onevision}; do
       part "b1_$m" 100 220 bash -c "for g in off on; do VLMCAP_GEMV=\$g python jobs/bench.py --model $model \
         --images 32 --image-size $size --new-tokens 64 --skip-hf --small-images 0 \
         --json $LOGS/b1_${m}_\$g.json | grep -A4 images/s; done" ;;
-    tests-ov) part tests_ov 40 150 python -m pytest -q -p no:cacheprovider tests/gpu/test_onevision_bf16.py \
+    tests-ov) part tests_ov 40 150 python -m pytest -q -p no:cacheprovider tests/gpu/test_onevision_bf16.py tests/gpu/test_gemv.py \
         tests/gpu/test_engine_graphs.py -k onevision ;;
     mllama-batch) part mllama_batch 100 300 python jobs/bench.py $MLLAMA --json "$LOGS/mllama_batch.json" ;;
     pipeline)  # criterion 4: Ray Data end to end against the engine alone (BENCHMARKS.md); needs .devpkgs (Ray)

@@ -28,7 +28,8 @@ SHAPES = {
                      ("down", 3584, 18944, 28), ("lm_head", 152064, 3584, 1)],
 }
 SETTINGS = [dict(block_n=bn, block_k=bk, num_warps=nw, num_stages=ns)
-            for bn, bk, nw, ns in itertools.product((16, 32, 64), (128, 256, 512), (4, 8), (3, 5))]
+            for bn, bk, nw, ns in itertools.product((16, 32, 64), (256, 512, 1024), (4, 8), (3, 4, 6))
+            if bn * bk * 2 * ns <= 200 * 1024]  # the weight tiles in flight fit in shared memory
 
 
 def timed(fn, weights, x, iters: int) -> float:
