@@ -65,7 +65,7 @@ for step in ${STEPS:-tests mllama staged onevision}; do
         --images 32 --image-size $size --new-tokens 64 --skip-hf --small-images 0 \
         --json $LOGS/b1_${m}_\$g.json | grep -A4 images/s; done" ;;
     tests-ov) part tests_ov 40 150 python -m pytest -q -p no:cacheprovider tests/gpu/test_onevision_bf16.py tests/gpu/test_gemv.py \
-        tests/gpu/test_engine_graphs.py -k onevision ;;
+        tests/gpu/test_engine_graphs.py -k "onevision or gemv" ;;
     mllama-batch) part mllama_batch 100 300 python jobs/bench.py $MLLAMA --json "$LOGS/mllama_batch.json" ;;
     pipeline)  # criterion 4: Ray Data end to end against the engine alone (BENCHMARKS.md); needs .devpkgs (Ray)
       part pipeline 300 420 bash -c 'bash .devpkgs/install.sh > /dev/null && export PYTHONPATH=/tmp/site:${PYTHONPATH:-} \
