@@ -69,8 +69,8 @@ for step in ${STEPS:-tests mllama staged onevision}; do
     mllama-batch) part mllama_batch 100 300 python jobs/bench.py $MLLAMA --json "$LOGS/mllama_batch.json" ;;
     pipeline)  # criterion 4: Ray Data end to end against the engine alone (BENCHMARKS.md); needs .devpkgs (Ray)
       part pipeline 300 420 bash -c 'bash .devpkgs/install.sh > /dev/null && export PYTHONPATH=/tmp/site:${PYTHONPATH:-} \
-        && python jobs/bench_pipeline.py --model mllama-11b --images 1024 --image-size 1120 --new-tokens 64 \
-           --batches-in-flight 16 && python jobs/bench.py --model mllama-11b --images 1024 --image-size 1120 \
+        && python jobs/bench_pipeline.py --model mllama-11b --images ${PIPE_IMAGES:-1024} --image-size 1120 --new-tokens 64 \
+           --batches-in-flight 16 && python jobs/bench.py --model mllama-11b --images ${PIPE_IMAGES:-1024} --image-size 1120 \
            --new-tokens 64 --skip-hf' ;;
     onevision) part onevision 120 300 python jobs/bench.py --model onevision-7b --images 128 --image-size 768 \
         --new-tokens 64 $HF --hf-images 32 --hf-batch 8 --small-images 0 --json "$LOGS/onevision.json" ;;
