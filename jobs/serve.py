@@ -55,10 +55,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--max-decode-stall-ms", type=float, default=150.0, help="while streams decode, admit only as "
                    "many new requests per step as fit this prefill time (0: full batches, best throughput)")
     p.add_argument("--stage-vision-images", type=int, help="while streams decode, encode waiting requests' images "
-                   "this many per step, then admit them together (Mllama, one GPU per replica; "
-                   "pipeline/engine/staging.py); a slice of N images pauses running streams for its vision "
-                   "time (~37 ms per image for Mllama-11B on an H200), outside --max-decode-stall-ms; 0: off "
-                   "(default: 4 for Mllama on one GPU, else off)")
+                   "at most this many per step, then admit them together (Mllama, one GPU per replica; "
+                   "pipeline/engine/staging.py); under --max-decode-stall-ms a slice holds only as many images "
+                   "as their measured encode time fits beside a decode step (~37-45 ms per image for "
+                   "Mllama-11B on an H200); 0: off (default: 4 for Mllama on one GPU, else off)")
     p.add_argument("--engine-report-s", type=float, default=600.0, help="seconds between the replica's [engine] "
                    "lines (steps, admissions, token gaps)")
     p.add_argument("--engine-process", action=argparse.BooleanOptionalAction,

@@ -25,8 +25,9 @@ class EngineConfig:
     # full groups (best throughput; a 16-image Mllama group stalls decoding ~0.85 s on an H200).
     max_decode_stall_ms: float | None = None
     step_trace: str | None = None  # a directory: one JSON line per step (pipeline/engine/step_trace.py)
-    # While sequences are decoding, encode a waiting group's images this many per step, then admit the group in
-    # one cheap step (pipeline/engine/staging.py; Mllama on one GPU). 0: off (vision inside the admission).
+    # While sequences are decoding, encode a waiting group's images at most this many per step (under
+    # max_decode_stall_ms only as many as their measured encode time fits beside a decode step), then admit the
+    # group in one cheap step (pipeline/engine/staging.py; Mllama on one GPU). 0: off (vision in the admission).
     stage_vision_images: int = 0
 
     def __post_init__(self):

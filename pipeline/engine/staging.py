@@ -10,10 +10,17 @@ budget a 16-request group stalls decoding for ~0.85 s. Staging takes the vision 
 Contract (`VisionStaging`, used by `Engine._admit` when `EngineConfig.stage_vision_images` > 0 and the
 runner has `encode(media)` — the Mllama runner; refused otherwise, tensor parallelism included):
 - Only while sequences are running; an idle engine admits directly (nobody waits on a decode step).
-- `advance()` per step: with no group, take the next admission group from the scheduler (its slots are held
-  from now on: the scheduler has handed them out) — a group without images is returned at once; otherwise
-  encode up to `images_per_step` images of the group (at least one request), or, once every request is
+- `advance(limit, vision_budget_s)` per step: with no group, take the next admission group from the scheduler
+  (its slots are held from now on: the scheduler has handed them out) — a group without images is returned
+  at once; otherwise encode the next requests of the group (at least one), or, once every request is
   encoded, return the group with its states for `runner.prefill(..., encoded=...)`.
+- A slice holds at most `images_per_step` images, and with `vision_budget_s` (the engine passes its decode-
+  stall budget less its recent decode steps' time) only as many as the measured encode time fits: each
+  encode is timed to completion (`sync`: the device's synchronize), and the next request is encoded only if
+  the slice so far plus its images at the recent worst seconds per image stays within the budget. A fixed
+  count cannot keep a stall budget: four one-tile Mllama-11B images are ~150 ms of vision on an H200, and at
+  4 per step the endpoint's p99 gap between tokens was 177 ms under a 150 ms budget (BENCHMARKS.md session
+  14).
 - A request whose images fail to encode completes alone with an `engine_error` and frees its slot; the rest
   of the group goes on. `drop` takes requests out of a group (the endpoint's cancelled streams).
 """
@@ -21,6 +28,8 @@ runner has `encode(media)` — the Mllama runner; refused otherwise, tensor para
 from __future__ import annotations
 
 import logging
+import time
+from collections import deque
 from collections.abc import Callable
 from typing import Any
 
@@ -36,11 +45,15 @@ def can_stage(arch: str, tp: int) -> bool:
 
 
 class VisionStaging:
-    def __init__(self, runner: Any, scheduler: Scheduler, images_per_step: int):
-        if not hasattr(runner, "encode"):
+    def __init__(self, runner: Any, scheduler: Scheduler, images_per_step: int,
+                 sync: Callable[[], None] | None = None, clock: Callable[[], float] = time.perf_counter,
+                 recent: int = 8):
+        if not (hasattr(runner, "encode") and hasattr(runner, "media_images")):
             raise ValueError(f"stage_vision_images needs a runner that encodes media apart from prefill; "
                              f"{type(runner).__name__} does not (Mllama on one GPU does)")
         self.runner, self.scheduler, self.images_per_step = runner, scheduler, images_per_step
+        self.sync, self.clock = sync, clock
+        self.image_seconds: deque[float] = deque(maxlen=recent)  # per image, of the recent timed encodes
         self.group: list[tuple[Request, int]] = []
         self.encoded: list[Any] = []
         self.failed: list[Completion] = []  # collected by the engine after each advance
@@ -64,7 +77,14 @@ class VisionStaging:
             self.encoded = []
         return dropped[::-1]
 
-    def advance(self, limit: int | None = None) -> tuple[list[tuple[Request, int]], list[Any]] | None:
+    def fits(self, media: Any, spent: float, budget: float | None) -> bool:
+        """Whether encoding `media` after `spent` seconds of this slice is expected to stay within `budget`."""
+        if budget is None or not self.image_seconds:
+            return True
+        return spent + max(self.image_seconds) * self.runner.media_images(media) <= budget
+
+    def advance(self, limit: int | None = None, vision_budget_s: float | None = None
+                ) -> tuple[list[tuple[Request, int]], list[Any]] | None:
         """The group to admit now with its encoded states, or None (a slice was encoded, or nothing waits)."""
         if not self.group:
             batch = self.scheduler.next_admission(limit)
@@ -76,21 +96,31 @@ class VisionStaging:
             ready = self.group, self.encoded
             self.group, self.encoded = [], []
             return ready
-        images = 0
+        images, spent = 0, 0.0
+        timed = vision_budget_s is not None
         while len(self.encoded) < len(self.group) and (images == 0 or images < self.images_per_step):
             request, slot = self.group[len(self.encoded)]
             if request.media is None:
                 self.encoded.append(None)
                 continue
+            if images and not self.fits(request.media, spent, vision_budget_s):
+                break
+            t0 = self.clock()
             try:
-                self.encoded.append(self.runner.encode(request.media))
+                states = self.runner.encode(request.media)
+                if timed and self.sync is not None:
+                    self.sync()  # the encode's GPU time, not its launches (the step ends in a sync anyway)
             except Exception as exc:  # noqa: BLE001 - this request's media, not the group's
                 log.warning("request %s failed to encode: %r", request.request_id, exc)
                 self.failed.append(Completion.failed(request, f"engine_error: {type(exc).__name__}: {exc}"))
                 self.scheduler.release(slot)
                 del self.group[len(self.encoded)]
                 continue
-            images += self.encoded[-1].shape[0]
+            self.encoded.append(states)
+            n, seconds = states.shape[0], self.clock() - t0
+            if timed and n:
+                self.image_seconds.append(seconds / n)
+            images, spent = images + n, spent + seconds
         if not self.group:  # every request failed
             self.encoded = []
         return None

@@ -79,9 +79,10 @@ class ServeConfig:
     # against 109 ms; BENCHMARKS.md, session 13), a thread on a CPU (no gain measured there, session 10).
     engine_process: bool | None = None
     step_trace: str | None = None  # a directory for the engine's per-step lines (pipeline/engine/step_trace.py)
-    # See EngineConfig (pipeline/engine/staging.py). None: 4 for Mllama on one GPU (with the engine process
-    # 0.82 of the offline engine's tokens/s at concurrency 64 on an H200; 2 per step: 0.79; unstaged in a
-    # thread: 0.60), 0 where staging does not apply (OneVision, tensor parallelism) or on a CPU.
+    # See EngineConfig (pipeline/engine/staging.py). None: at most 4 for Mllama on one GPU (with the engine
+    # process 0.82 of the offline engine's tokens/s at concurrency 64 on an H200 at a fixed 4 per step; 2 per
+    # step: 0.79; unstaged in a thread: 0.60; since session 15 the stall budget trims slices to what fits,
+    # not yet measured on a GPU), 0 where staging does not apply (OneVision, tensor parallelism) or on a CPU.
     stage_vision_images: int | None = None
 
     @property

@@ -65,6 +65,11 @@ class MllamaRunner:
             return f"{n_tokens} <|image|> tokens in the prompt but {n_images} images"
         return None
 
+    @staticmethod
+    def media_images(media: MllamaImages) -> int:
+        """How many images `encode(media)` runs through the tower (staging sizes its slices by them)."""
+        return len(media.num_tiles)
+
     def _pixels(self, m: MllamaImages) -> torch.Tensor:
         px = m.pixel_values.to(self.device)
         if px.dtype == torch.uint8:  # rescale + normalise on the device; padding tiles stay exactly zero

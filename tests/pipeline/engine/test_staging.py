@@ -41,6 +41,31 @@ def test_staged_answers_equal_unstaged(our_tiny_mllama, images_per_step):
     assert not engine.staging.busy and not engine.has_work()
 
 
+@pytest.mark.parametrize("encode_s,fewest,most", [(0.04, 2, 2), (0.001, 3, 4)])
+def test_slices_fit_the_stall_budget(our_tiny_mllama, encode_s, fewest, most):
+    """Under max_decode_stall_ms a slice holds only as many images as the measured encode time fits (at 40 ms
+    an image, 2 in 100 ms), at most stage_vision_images (4; at 1 ms an image the groups, not the budget,
+    bound the slices); answers stay the unstaged engine's."""
+    rng = random.Random(14)
+    requests = [random_request(i, rng, 40 if i == 0 else rng.randint(2, 8), ignore_eos=True) for i in range(24)]
+    want = run_all(make_engine(our_tiny_mllama, slots=10, max_prefill_requests=8), requests)
+    engine = make_engine(our_tiny_mllama, slots=10, max_prefill_requests=8, stage_vision_images=4,
+                         max_decode_stall_ms=100)
+    now = [0.0]  # a clock that only encodes advance: decode steps take no time here
+    engine.timer.clock = engine.staging.clock = lambda: now[0]
+    encode, steps = engine.runner.encode, []
+
+    def slow_encode(media):
+        steps.append(engine.stats["decode_steps"])  # encodes of one slice see the same count
+        now[0] += encode_s * engine.runner.media_images(media)
+        return encode(media)
+
+    engine.runner.encode = slow_encode
+    assert run_all(engine, requests) == want
+    per_slice = [steps.count(s) for s in set(steps)]
+    assert fewest <= max(per_slice) <= most, per_slice
+
+
 def test_a_request_that_fails_to_encode_fails_alone(our_tiny_mllama):
     rng = random.Random(12)
     # the first request decodes throughout, so every group after the first (direct) admission is staged
