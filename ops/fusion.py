@@ -37,6 +37,19 @@ def fuse_linears(*linears: nn.Linear) -> tuple[torch.Tensor, torch.Tensor | None
     return weight, bias, sizes
 
 
+def as_rows(x: torch.Tensor) -> torch.Tensor:
+    """`x` as [rows, width] (a view where x is contiguous) for row-wise compiled kernels (norms): a row count
+    that is dynamic from the first call and a width that never is, so each width compiles twice (one row, and
+    any other count) whatever the rank and batch shapes of the callers. Called with [B, S, D], [B, 1, D] and
+    [B, H, S, D] tensors, the compiled RMSNorm of an Mllama engine passed dynamo's recompile limit (8) in a
+    Ray Data job on an H200 (session 15), after which new shapes ran eager; and a width that changes between
+    calls would become symbolic (slow: see `cuda_compiled`)."""
+    rows = x.reshape(-1, x.shape[-1])
+    torch._dynamo.maybe_mark_dynamic(rows, 0)
+    torch._dynamo.mark_static(rows, 1)
+    return rows
+
+
 def cuda_compiled(fn: Callable) -> Callable:
     compiled = None
     enabled = os.environ.get("VLMCAP_NO_COMPILE", "0") != "1"

@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ops.fusion import cuda_compiled
+from ops.fusion import as_rows, cuda_compiled
 
 
 def _rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -40,12 +40,13 @@ class RMSNorm(nn.Module):
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return rms_norm(x, self.weight, self.eps)
+        return rms_norm(as_rows(x), self.weight, self.eps).view(x.shape)
 
     def add(self, x: torch.Tensor, h: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
         """The residual stream `x` plus a branch's pending output `h` (None: nothing pending), and its norm.
         Decoders hand each branch's output to the next norm instead of adding it at once, which saves an
         elementwise kernel per branch in the decode step (launch-bound at small batches)."""
         if h is None:
-            return x, rms_norm(x, self.weight, self.eps)
-        return add_rms_norm(x, h, self.weight, self.eps)
+            return x, self(x)
+        total, normed = add_rms_norm(as_rows(x), as_rows(h), self.weight, self.eps)
+        return total.view(x.shape), normed.view(x.shape)

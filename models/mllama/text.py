@@ -116,13 +116,14 @@ class TextCrossAttention(nn.Module):
     def project_kv(self, states: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """states [B, L, hidden] (projected vision features) -> k, v [B, Hkv, L, D]."""
         b, n, _ = states.shape
-        k = self.k_proj(states).view(b, n, self.kv_heads, self.head_dim).transpose(1, 2)
+        # norms before the transposes: over contiguous rows (ops.norms runs them as [rows, head_dim])
+        k = self.k_norm(self.k_proj(states).view(b, n, self.kv_heads, self.head_dim)).transpose(1, 2)
         v = self.v_proj(states).view(b, n, self.kv_heads, self.head_dim).transpose(1, 2)
-        return self.k_norm(k), v
+        return k, v
 
     def forward(self, x: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         b, s, _ = x.shape
-        q = self.q_norm(self.q_proj(x).view(b, s, self.heads, self.head_dim).transpose(1, 2))
+        q = self.q_norm(self.q_proj(x).view(b, s, self.heads, self.head_dim)).transpose(1, 2)
         out = attention(q, k, v, mask)
         return self.o_proj(out.transpose(1, 2).reshape(b, s, -1))
 
