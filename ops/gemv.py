@@ -11,8 +11,9 @@ store, no split-K reduction, deterministic.
 Where it wins (scripts/gemv_bench.py on an H200, weights never in L2, BENCHMARKS.md session 15): only the
 wide layers, N >= MIN_FEATURES, where N / BLOCK_N programs keep every SM streaming: OneVision-7B's gate_up
 (N 37,888) 66.5 us vs cuBLAS 71.5 (4.09 vs 3.80 TB/s) and both lm_heads (4.42-4.45 vs 4.22 TB/s), at 1-16
-rows. Narrow layers (N 3,584-6,144) need split-K for enough parallelism: there this kernel took 1.5-2.5x
-cuBLAS's time, and routing every decode linear through it made Mllama-11B's batch-1 step 5.87 -> 6.27 ms.
+rows. Narrower layers need split-K for enough parallelism (N / BLOCK_N programs are too few for 132 SMs): at
+batch 1 this kernel took 1.1x (Mllama's gate_up, N 28,672) to 2.8x (N 3,584-6,144) cuBLAS's time, and routing
+every decode linear through it made Mllama-11B's batch-1 step 5.87 -> 6.27 ms.
 
 `linear` takes this path for CUDA fp16/bf16 inputs with at most MAX_ROWS rows and N >= MIN_FEATURES
 (CUDA-graph-safe: shapes and the config are fixed per call site) and falls back to `F.linear` elsewhere, and
@@ -122,7 +123,8 @@ def gemv(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None
 
 
 def linear(x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """`F.linear`, streamed by the Triton GEMV when x has at most MAX_ROWS rows on a GPU."""
+    """`F.linear`, streamed by the Triton GEMV for a wide layer (>= MIN_FEATURES outputs) and at most MAX_ROWS
+    rows of x on a GPU."""
     if available(x, weight):
         return gemv(x, weight, bias)
     return F.linear(x, weight, bias)

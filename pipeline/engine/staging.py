@@ -8,7 +8,8 @@ unstaged engine can only admit 2-3 requests per step, paying the fixed cost for 
 budget a 16-request group stalls decoding for ~0.85 s. Staging takes the vision work out of the admission.
 
 Contract (`VisionStaging`, used by `Engine._admit` when `EngineConfig.stage_vision_images` > 0 and the
-runner has `encode(media)` — the Mllama runner; refused otherwise, tensor parallelism included):
+runner has `encode(media)` and `media_images(media)` — the Mllama runner; refused otherwise, tensor
+parallelism included):
 - Only while sequences are running; an idle engine admits directly (nobody waits on a decode step).
 - `advance(limit, vision_budget_s)` per step: with no group, take the next admission group from the scheduler
   (its slots are held from now on: the scheduler has handed them out) — a group without images is returned
@@ -17,7 +18,8 @@ runner has `encode(media)` — the Mllama runner; refused otherwise, tensor para
 - A slice holds at most `images_per_step` images, and with `vision_budget_s` (the engine passes its decode-
   stall budget less its recent decode steps' time) only as many as the measured encode time fits: each
   encode is timed to completion (`sync`: the device's synchronize), and the next request is encoded only if
-  the slice so far plus its images at the recent worst seconds per image stays within the budget. A fixed
+  the slice so far plus its images at the recent worst seconds per image stays within the budget (the sync
+  costs the overlap of the next decode step's host work with the tower's tail, ~0.3 ms). A fixed
   count cannot keep a stall budget: four one-tile Mllama-11B images are ~150 ms of vision on an H200, and at
   4 per step the endpoint's p99 gap between tokens was 177 ms under a 150 ms budget (BENCHMARKS.md session
   14).
