@@ -57,7 +57,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--stage-vision-images", type=int, help="while streams decode, encode waiting requests' images "
                    "at most this many per step, then admit them together (Mllama, one GPU per replica; "
                    "pipeline/engine/staging.py); under --max-decode-stall-ms a slice holds only as many images "
-                   "as their measured encode time fits beside a decode step (~37-45 ms per image for "
+                   "as their measured encode time fits in it (~37-45 ms per image for "
                    "Mllama-11B on an H200); 0: off (default: 4 for Mllama on one GPU, else off)")
     p.add_argument("--engine-report-s", type=float, default=600.0, help="seconds between the replica's [engine] "
                    "lines (steps, admissions, token gaps)")

@@ -26,7 +26,7 @@ class EngineConfig:
     max_decode_stall_ms: float | None = None
     step_trace: str | None = None  # a directory: one JSON line per step (pipeline/engine/step_trace.py)
     # While sequences are decoding, encode a waiting group's images at most this many per step (under
-    # max_decode_stall_ms only as many as their measured encode time fits beside a decode step), then admit the
+    # max_decode_stall_ms only as many as their measured encode time fits in it), then admit the
     # group in one cheap step (pipeline/engine/staging.py; Mllama on one GPU). 0: off (vision in the admission).
     stage_vision_images: int = 0
 

@@ -15,7 +15,6 @@ the replica's state is unknown: it raises `EngineDeadError` so the caller can re
 from __future__ import annotations
 
 import logging
-from collections import deque
 from collections.abc import Iterable, Iterator
 from typing import Any
 
@@ -45,7 +44,6 @@ class Engine:
         self.staging = (VisionStaging(runner, self.scheduler, config.stage_vision_images, sync=self._sync_device)
                         if config.stage_vision_images else None)
         self.staged_costs = StepTimer()  # staged admissions' own cost line (their vision ran before)
-        self.decode_seconds: deque[float] = deque(maxlen=16)  # recent decode steps (sizes staged vision slices)
         on_gpu = runner.device.type == "cuda"
         self.decode = GraphedStep(runner.decode, default_buckets(runner.num_slots), config.cuda_graphs and on_gpu)
         self.decode.capture()
@@ -73,7 +71,6 @@ class Engine:
             self.timer.decode_started(running_before)
             width = self.scheduler.decode_width
             self._decode_step()
-            self.decode_seconds.append(self.timer.clock() - t1)
         else:
             self.timer.idle()
         if self.trace is not None:
@@ -148,12 +145,12 @@ class Engine:
     def _admit(self) -> int:
         """Admit (prefill) what the scheduler and the stall budget allow; returns how many were admitted."""
         if self.staging is not None and (self.staging.busy or self.scheduler.running):
-            # a slice of a group's images (as many as fit the stall budget beside a decode step), or the encoded
-            # group; groups sized to the budget, starting from one request until a staged admission was timed
+            # a slice of a group's images (as many as their measured encode time fits in the stall budget), or the
+            # encoded group; groups sized to the budget, starting from one request until a staged admission was timed
             budget = self.config.max_decode_stall_ms
             limit = self.staged_costs.admission_limit(budget, True)
-            vision_s = None if budget is None else budget / 1e3 - max(self.decode_seconds, default=0.0)
-            ready = self.staging.advance(1 if limit is None and budget is not None else limit, vision_s)
+            ready = self.staging.advance(1 if limit is None and budget is not None else limit,
+                                         None if budget is None else budget / 1e3)
             self.ready += self.staging.failed
             self.staging.failed.clear()
             return 0 if ready is None else self._admit_batch(*ready, costs=self.staged_costs)

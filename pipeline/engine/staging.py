@@ -16,7 +16,8 @@ parallelism included):
   at once; otherwise encode the next requests of the group (at least one), or, once every request is
   encoded, return the group with its states for `runner.prefill(..., encoded=...)`.
 - A slice holds at most `images_per_step` images, and with `vision_budget_s` (the engine passes its decode-
-  stall budget less its recent decode steps' time) only as many as the measured encode time fits: each
+  stall budget, as it does for admissions: the gap running sequences see is the stall plus one decode step)
+  only as many as the measured encode time fits: each
   encode is timed to completion (`sync`: the device's synchronize), and the next request is encoded only if
   the slice so far plus its images at the recent worst seconds per image stays within the budget (the sync
   costs the overlap of the next decode step's host work with the tower's tail, ~0.3 ms). A fixed

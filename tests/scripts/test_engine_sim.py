@@ -18,3 +18,7 @@ def test_budget_and_staging_shape_the_gaps():
     assert staged["gap_max_ms"] <= 130 + 46 + 10
     assert staged["mean_admitted"] > 3 * budget["mean_admitted"]  # vision left the admissions
     assert staged["images_per_s"] > budget["images_per_s"]
+    # a cap of 4 images per slice (184 ms of vision) still stalls no longer than the budget: slices are sized by
+    # the measured encode time; the gap is the stall plus one decode step (10.2 ms at 64 slots)
+    capped = sim.main(base + ["--max-decode-stall-ms", "130", "--stage-vision-images", "4"])
+    assert capped["gap_max_ms"] <= 130 + 10.2 + 1e-6
