@@ -18,7 +18,9 @@ every decode linear through it made Mllama-11B's batch-1 step 5.87 -> 6.27 ms.
 `linear` takes this path for CUDA fp16/bf16 inputs with at most MAX_ROWS rows and N >= MIN_FEATURES
 (CUDA-graph-safe: shapes and the config are fixed per call site) and falls back to `F.linear` elsewhere, and
 where Triton cannot build the kernel on the device (checked once, with a warning). `VLMCAP_GEMV=off` turns it
-off (A/B runs). Under `TRITON_INTERPRET=1` the kernel also runs on CPU tensors, at any N (the CPU tests).
+off (A/B runs). Under `TRITON_INTERPRET=1`, `gemv` (the kernel itself) also runs on CPU tensors (the CPU tests);
+`linear` never takes it off a GPU: other tests run whole engines under the interpreter for the decode kernels,
+and every linear through the interpreted GEMV made one of them 50x slower.
 """
 
 from __future__ import annotations
@@ -34,10 +36,6 @@ log = logging.getLogger(__name__)
 
 MAX_ROWS = 16  # input rows one call serves (the tensor-core tile's M); more rows go to cuBLAS
 MIN_FEATURES = 32768  # narrower layers go to cuBLAS (see above)
-
-
-def _interpreting() -> bool:
-    return os.environ.get("TRITON_INTERPRET") == "1"
 
 
 @functools.cache
@@ -79,15 +77,15 @@ def default_block_n(n: int) -> int:
 
 def available(x: torch.Tensor, weight: torch.Tensor) -> bool:
     rows = x.numel() // max(x.shape[-1], 1)
-    return (os.environ.get("VLMCAP_GEMV", "on") != "off"
+    return (x.is_cuda
             and 0 < rows <= MAX_ROWS
-            and (weight.shape[0] >= MIN_FEATURES or _interpreting())
-            and (x.is_cuda or _interpreting())
+            and weight.shape[0] >= MIN_FEATURES
             and x.dtype == weight.dtype
-            and (x.dtype in (torch.float16, torch.bfloat16) or (x.dtype == torch.float32 and _interpreting()))
+            and x.dtype in (torch.float16, torch.bfloat16)
             and weight.stride(-1) == 1
+            and os.environ.get("VLMCAP_GEMV", "on") != "off"
             and _kernel() is not None
-            and (_interpreting() or _works_on(str(x.device), x.dtype)))
+            and _works_on(str(x.device), x.dtype))
 
 
 @functools.cache
